@@ -1,0 +1,97 @@
+"""The occlusion-aware generator, split into a per-avatar encoder and a per-frame renderer."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GeneratorConfig
+from .dense_motion import DenseMotionNetwork, MotionSource
+from .layers import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width
+from .motion import Keypoints
+
+
+class SourceState(NamedTuple):
+    """Everything the per-frame path needs of one avatar, computed once by :meth:`Generator.encode_source`.
+
+    features: 1xCxhxw float, the encoded source (first block + down blocks);
+    motion: the dense motion network's cached inputs (downsampled source,
+    source heatmaps, source keypoints).
+    """
+
+    features: torch.Tensor
+    motion: MotionSource
+
+
+class Generator(nn.Module):
+    """Occlusion-aware generator (paper Sec. 3.3).
+
+    The source is encoded (7x7 block, down blocks), warped by the dense flow,
+    multiplied by the occlusion map, then decoded (residual bottleneck, up
+    blocks, 7x7 conv, sigmoid).  The original computes the whole of it per
+    frame; here :meth:`encode_source` runs once per avatar and :meth:`render`
+    per frame.  ``forward`` chains the two, the original function.
+    """
+
+    def __init__(self, config: GeneratorConfig, align_corners: bool = True):
+        super().__init__()
+        self.config = config
+        self.align_corners = align_corners
+        self.dense_motion_network = DenseMotionNetwork(
+            config.dense_motion, config.num_kp, config.num_channels, config.estimate_occlusion_map, align_corners
+        )
+
+        def width(level: int) -> int:
+            return hourglass_width(config.block_expansion, config.max_features, level)
+
+        self.first = SameBlock2d(config.num_channels, config.block_expansion, kernel_size=7, padding=3)
+        self.down_blocks = nn.ModuleList(
+            DownBlock2d(width(i), width(i + 1), kernel_size=3, padding=1) for i in range(config.num_down_blocks)
+        )
+        self.up_blocks = nn.ModuleList(
+            UpBlock2d(width(n), width(n - 1), kernel_size=3, padding=1)
+            for n in range(config.num_down_blocks, 0, -1)
+        )
+        self.bottleneck = nn.Sequential()
+        for i in range(config.num_bottleneck_blocks):
+            self.bottleneck.add_module(f"r{i}", ResBlock2d(width(config.num_down_blocks), kernel_size=3, padding=1))
+        self.final = nn.Conv2d(config.block_expansion, config.num_channels, kernel_size=7, padding=3)
+
+    def encode_source(self, source: torch.Tensor, keypoints: Keypoints) -> SourceState:
+        """source: 1xCxHxW float RGB in [0, 1] and its keypoints -> the cached :class:`SourceState`."""
+        features = self.first(source)
+        for block in self.down_blocks:
+            features = block(features)
+        return SourceState(features=features, motion=self.dense_motion_network.prepare_source(source, keypoints))
+
+    def render(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
+        """Per-frame step: cached source + B normalised driving poses -> BxCxHxW float RGB in [0, 1]."""
+        motion = self.dense_motion_network(source.motion, driving)
+        batch = driving.value.shape[0]
+        features = source.features.expand(batch, *source.features.shape[1:])
+        out = self.warp(features, motion.deformation)
+        if motion.occlusion is not None:
+            occlusion = motion.occlusion
+            if occlusion.shape[2:] != out.shape[2:]:
+                occlusion = F.interpolate(occlusion, size=out.shape[2:], mode="bilinear", align_corners=False)
+            out = out * occlusion
+        out = self.bottleneck(out)
+        for block in self.up_blocks:
+            out = block(out)
+        return torch.sigmoid(self.final(out))
+
+    def warp(self, image: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
+        """Sample image (BxCxHxW) at deformation (Bxhxwx2, resized bilinearly to HxW if needed) -> BxCxHxW."""
+        height, width = image.shape[2:]
+        if deformation.shape[1:3] != (height, width):
+            deformation = F.interpolate(
+                deformation.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
+            ).permute(0, 2, 3, 1)
+        return F.grid_sample(image, deformation, mode="bilinear", padding_mode="zeros", align_corners=self.align_corners)
+
+    def forward(self, source: torch.Tensor, source_keypoints: Keypoints, driving: Keypoints) -> torch.Tensor:
+        """The original, uncached generator: 1xCxHxW source, its keypoints, B driving poses -> BxCxHxW."""
+        return self.render(self.encode_source(source, source_keypoints), driving)

@@ -1,0 +1,215 @@
+"""Building blocks shared by the keypoint detector and the generator.
+
+Attribute names (``conv``, ``norm``, ``down_blocks``, ``encoder`` ...) follow the
+module tree of the released checkpoints, so their state dicts load unchanged.
+
+Every block that ends a convolution with BatchNorm can fold the (eval-mode)
+normalisation into the convolution's weights: ``fold_batchnorm()`` replaces
+``norm`` with an identity and rescales ``conv``, which removes one memory pass
+per block without changing the function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def fold_batchnorm_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    """Rewrite ``conv`` in place so that ``conv(x) == norm(conv_before(x))`` in eval mode.
+
+    BatchNorm in eval mode is the per-channel affine map
+    ``y = (x - mean) * gamma / sqrt(var + eps) + beta``; scaling the output
+    channels of the weight and bias by ``gamma / sqrt(var + eps)`` absorbs it.
+    The arithmetic is done in float64 and rounded once.
+    """
+    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    folded_weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    folded_bias = (bias - norm.running_mean.double()) * scale + norm.bias.double()
+    conv.weight.data = folded_weight.to(conv.weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(folded_bias.to(conv.weight.dtype), requires_grad=False)
+    else:
+        conv.bias.data = folded_bias.to(conv.bias.dtype)
+
+
+class ConvNormRelu(nn.Module):
+    """conv -> BatchNorm -> ReLU, the body of the same, down and up blocks."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, padding: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_features, out_features, kernel_size=kernel_size, padding=padding)
+        self.norm: nn.Module = nn.BatchNorm2d(out_features, affine=True)
+
+    def fold_batchnorm(self) -> None:
+        """Absorb the eval-mode BatchNorm into ``conv`` (see :func:`fold_batchnorm_into_conv`)."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            fold_batchnorm_into_conv(self.conv, self.norm)
+            self.norm = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x)))
+
+
+class SameBlock2d(ConvNormRelu):
+    """Resolution-preserving block: BxCinxHxW -> BxCoutxHxW."""
+
+
+class DownBlock2d(ConvNormRelu):
+    """Block that halves the resolution with a 2x2 average pool: BxCinxHxW -> BxCoutx(H/2)x(W/2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(super().forward(x), kernel_size=2)
+
+
+class UpBlock2d(ConvNormRelu):
+    """Block that doubles the resolution (nearest neighbour) before its conv: -> BxCoutx(2H)x(2W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ResBlock2d(nn.Module):
+    """Pre-activation residual block: x + conv2(relu(norm2(conv1(relu(norm1(x)))))).
+
+    Only ``norm2`` directly follows a convolution and can be folded; ``norm1``
+    acts on the residual stream and stays a (cheap) per-channel affine map.
+    """
+
+    def __init__(self, features: int, kernel_size: int, padding: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, kernel_size=kernel_size, padding=padding)
+        self.conv2 = nn.Conv2d(features, features, kernel_size=kernel_size, padding=padding)
+        self.norm1 = nn.BatchNorm2d(features, affine=True)
+        self.norm2: nn.Module = nn.BatchNorm2d(features, affine=True)
+
+    def fold_batchnorm(self) -> None:
+        """Absorb ``norm2`` into ``conv1``."""
+        if isinstance(self.norm2, nn.BatchNorm2d):
+            fold_batchnorm_into_conv(self.conv1, self.norm2)
+            self.norm2 = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.norm1(x)))
+        out = self.conv2(F.relu(self.norm2(out)))
+        return out + x
+
+
+def hourglass_width(block_expansion: int, max_features: int, level: int) -> int:
+    """Channel count of hourglass level ``level``: block_expansion * 2**level, capped at max_features."""
+    return min(max_features, block_expansion * 2**level)
+
+
+class Encoder(nn.Module):
+    """Hourglass encoder: ``num_blocks`` down blocks, keeping every intermediate map."""
+
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        self.down_blocks = nn.ModuleList(
+            DownBlock2d(
+                in_features if i == 0 else hourglass_width(block_expansion, max_features, i),
+                hourglass_width(block_expansion, max_features, i + 1),
+                kernel_size=3,
+                padding=1,
+            )
+            for i in range(num_blocks)
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: BxCxHxW -> [x, x/2, x/4, ...], ``num_blocks + 1`` maps from fine to coarse."""
+        outs = [x]
+        for block in self.down_blocks:
+            outs.append(block(outs[-1]))
+        return outs
+
+
+class Decoder(nn.Module):
+    """Hourglass decoder: up blocks, each followed by concatenation of the encoder's skip map."""
+
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        blocks = []
+        for i in reversed(range(num_blocks)):
+            multiplier = 1 if i == num_blocks - 1 else 2
+            blocks.append(
+                UpBlock2d(
+                    multiplier * hourglass_width(block_expansion, max_features, i + 1),
+                    hourglass_width(block_expansion, max_features, i),
+                    kernel_size=3,
+                    padding=1,
+                )
+            )
+        self.up_blocks = nn.ModuleList(blocks)
+        self.out_filters = block_expansion + in_features
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """skips: the encoder's maps, fine to coarse -> Bx(out_filters)xHxW."""
+        out = skips[-1]
+        for block, skip in zip(self.up_blocks, reversed(skips[:-1])):
+            out = torch.cat([block(out), skip], dim=1)
+        return out
+
+
+class Hourglass(nn.Module):
+    """U-Net: BxCinxHxW -> Bx(block_expansion + Cin)xHxW.  H and W must divide by 2**num_blocks."""
+
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features)
+        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features)
+        self.out_filters = self.decoder.out_filters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class AntiAliasDownsample(nn.Module):
+    """Gaussian blur then subsampling by ``1/scale``: BxCxHxW -> BxCx(H*scale)x(W*scale).
+
+    sigma = (1/scale - 1) / 2 and a (2*round(4*sigma)+1)^2 kernel, zero padded,
+    as the released models were trained with (scale 0.25: sigma 1.5, 13x13).
+    The kernel is the persistent buffer ``weight`` (it is stored in the
+    checkpoints).  Blurring at full resolution and keeping every n-th pixel is
+    computed directly as a strided convolution: the same sums, 1/n^2 the work.
+    """
+
+    def __init__(self, channels: int, scale: float):
+        super().__init__()
+        inverse = 1.0 / scale
+        if not (0.0 < scale < 1.0 and abs(inverse - round(inverse)) < 1e-6):
+            raise ValueError(f"scale_factor must be 1/n for an integer n > 1, got {scale}")
+        self.stride = int(round(inverse))
+        sigma = (inverse - 1.0) / 2.0
+        kernel_size = 2 * round(sigma * 4) + 1
+        self.padding = kernel_size // 2
+        taps = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
+        profile = torch.exp(-(taps**2) / (2 * sigma**2))
+        kernel = profile[:, None] * profile[None, :]
+        kernel = kernel / kernel.sum()
+        self.register_buffer("weight", kernel.expand(channels, 1, kernel_size, kernel_size).clone())
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.channels)
+
+
+def make_coordinate_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Pixel-centre coordinates in [-1, 1], HxWx2 with [..., 0] = x (column) and [..., 1] = y (row).
+
+    x = 2*j/(W-1) - 1: the align_corners=True convention the models were trained with.
+    """
+    xs = torch.arange(width, dtype=dtype, device=device) / (width - 1) * 2 - 1
+    ys = torch.arange(height, dtype=dtype, device=device) / (height - 1) * 2 - 1
+    return torch.stack([xs.view(1, width).expand(height, width), ys.view(height, 1).expand(height, width)], dim=-1)
+
+
+def gaussian_heatmaps(keypoints: torch.Tensor, grid: torch.Tensor, variance: float) -> torch.Tensor:
+    """Isotropic Gaussians exp(-|z - kp|^2 / (2 variance)) around each keypoint.
+
+    keypoints: BxKx2 in [-1, 1]; grid: HxWx2 (see :func:`make_coordinate_grid`)
+    -> BxKxHxW float in (0, 1].
+    """
+    offset = grid.unsqueeze(0).unsqueeze(0) - keypoints.unsqueeze(2).unsqueeze(2)
+    return torch.exp(-0.5 * (offset**2).sum(-1) / variance)

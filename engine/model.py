@@ -1,0 +1,110 @@
+"""The loaded model: both networks, built from a config and filled from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_weights_strictly, read_checkpoint
+from .config import ModelConfig
+from .generator import Generator, SourceState
+from .keypoint_detector import KeypointDetector
+from .motion import Keypoints
+
+
+class RenderStep(nn.Module):
+    """The generator's per-frame part as a module of its own (``forward`` = :meth:`Generator.render`).
+
+    This, with the :class:`KeypointDetector`, is what runs per frame and what
+    is exported or compiled; it shares its parameters with the generator.
+    """
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
+        """Cached source + B normalised driving poses -> Bx3xHxW float RGB in [0, 1]."""
+        return self.generator.render(source, driving)
+
+
+class FirstOrderModel:
+    """Keypoint detector and generator in eval mode on one device, no gradients.
+
+    Tensor API (all images Bx3xHxW float32 RGB in [0, 1], H x W = ``frame_size``):
+    :meth:`detect_keypoints` (per frame), :meth:`encode_source` (once per
+    avatar), :meth:`render` (per frame).  :class:`engine.Animator` wraps these
+    for numpy images.
+    """
+
+    def __init__(self, config: ModelConfig, kp_detector: KeypointDetector, generator: Generator):
+        self.config = config
+        self.kp_detector = kp_detector.eval().requires_grad_(False)
+        self.generator = generator.eval().requires_grad_(False)
+        self.render_step = RenderStep(self.generator).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the source and driving images."""
+        return self.config.frame_size
+
+    @torch.inference_mode()
+    def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
+        """Bx3xHxW -> Keypoints (BxKx2 in [-1, 1], BxKx2x2)."""
+        return self.kp_detector(frames)
+
+    @torch.inference_mode()
+    def encode_source(self, source: torch.Tensor) -> SourceState:
+        """1x3xHxW avatar -> the state the per-frame path renders from (keypoints included)."""
+        return self.generator.encode_source(source, self.kp_detector(source))
+
+    @torch.inference_mode()
+    def render(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
+        """Cached source + normalised driving keypoints (batch B) -> Bx3xHxW."""
+        return self.render_step(source, driving)
+
+    def fold_batchnorm(self) -> None:
+        """Fold every BatchNorm that follows a convolution into it (same function, less work)."""
+        for network in (self.kp_detector, self.generator):
+            for module in network.modules():
+                if hasattr(module, "fold_batchnorm"):
+                    module.fold_batchnorm()
+
+
+def load_model(
+    config: str | Path | ModelConfig,
+    checkpoint: str | Path | None,
+    device: str | torch.device = "cpu",
+    *,
+    align_corners: bool = True,
+    fold_batchnorm: bool = True,
+) -> FirstOrderModel:
+    """Build the networks of ``config`` and load ``checkpoint`` into them.
+
+    config: a FOMM YAML config path (e.g. ``configs/vox-adv-256.yaml``) or a
+    :class:`ModelConfig`.  checkpoint: an original ``.pth.tar``; only its
+    ``generator`` and ``kp_detector`` entries are used, strictly (every key
+    used, none missing).  ``None`` keeps random weights (benchmarks and tests
+    only).  align_corners: the ``grid_sample`` convention; True is what the
+    released models were trained with (torch < 1.3), False reproduces the
+    unmodified original code on today's torch.  fold_batchnorm: fold
+    BatchNorm into the preceding convolutions after loading.
+    """
+    if not isinstance(config, ModelConfig):
+        config = ModelConfig.from_yaml(config)
+    kp_detector = KeypointDetector(config.kp_detector)
+    generator = Generator(config.generator, align_corners=align_corners)
+    if checkpoint is not None:
+        state_dicts = read_checkpoint(checkpoint)
+        load_weights_strictly(kp_detector, state_dicts["kp_detector"], f"kp_detector of config {config.name!r}")
+        load_weights_strictly(generator, state_dicts["generator"], f"generator of config {config.name!r}")
+    model = FirstOrderModel(config, kp_detector.to(device), generator.to(device))
+    if fold_batchnorm:
+        model.fold_batchnorm()
+    return model
