@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GeneratorConfig
-from .dense_motion import DenseMotionNetwork, MotionSource
+from .dense_motion import DenseMotionNetwork, MotionField, MotionSource
 from .layers import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width
 from .motion import Keypoints
 
@@ -33,7 +33,8 @@ class Generator(nn.Module):
     multiplied by the occlusion map, then decoded (residual bottleneck, up
     blocks, 7x7 conv, sigmoid).  The original computes the whole of it per
     frame; here :meth:`encode_source` runs once per avatar and :meth:`render`
-    per frame.  ``forward`` chains the two, the original function.
+    per frame: ``render(encode_source(source, kp_source), kp_driving)`` is the
+    original's function.
     """
 
     def __init__(self, config: GeneratorConfig, align_corners: bool = True):
@@ -69,10 +70,12 @@ class Generator(nn.Module):
 
     def render(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
         """Per-frame step: cached source + B normalised driving poses -> BxCxHxW float RGB in [0, 1]."""
-        motion = self.dense_motion_network(source.motion, driving)
-        batch = driving.value.shape[0]
-        features = source.features.expand(batch, *source.features.shape[1:])
-        out = self.warp(features, motion.deformation)
+        return self.decode(source.features, self.dense_motion_network(source.motion, driving))
+
+    def decode(self, features: torch.Tensor, motion: MotionField) -> torch.Tensor:
+        """Warp the encoded source (1xCxhxw) by B motion fields, mask occlusions, decode -> BxCxHxW in [0, 1]."""
+        batch = motion.deformation.shape[0]
+        out = self.warp(features.expand(batch, *features.shape[1:]), motion.deformation)
         if motion.occlusion is not None:
             occlusion = motion.occlusion
             if occlusion.shape[2:] != out.shape[2:]:
@@ -92,6 +95,3 @@ class Generator(nn.Module):
             ).permute(0, 2, 3, 1)
         return F.grid_sample(image, deformation, mode="bilinear", padding_mode="zeros", align_corners=self.align_corners)
 
-    def forward(self, source: torch.Tensor, source_keypoints: Keypoints, driving: Keypoints) -> torch.Tensor:
-        """The original, uncached generator: 1xCxHxW source, its keypoints, B driving poses -> BxCxHxW."""
-        return self.render(self.encode_source(source, source_keypoints), driving)

@@ -1,0 +1,99 @@
+"""Per-frame time of engine.Animator against the original-style uncached pipeline, side by side.
+
+    python benchmarks/animator_vs_uncached.py --config configs/vox-256.yaml --frames 20
+
+Both run on the same random weights, the same source and the same driving
+frames (uint8 in, uint8 out), alternating frame by frame so that drift in the
+machine's speed hits both alike.  Warm-up frames are excluded.  Prints the
+median per-frame time of each, the median of the per-frame ratios, and the
+largest difference between their outputs (they compute the same frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.original_pipeline import OriginalStylePipeline  # noqa: E402
+from engine import Animator, load_model  # noqa: E402
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/vox-256.yaml")
+    parser.add_argument("--frames", type=int, default=20, help="timed frames per pipeline")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    original = load_model(args.config, None, fold_batchnorm=False)
+    for network in (original.kp_detector, original.generator):  # the original's NCHW layout
+        network.to(memory_format=torch.contiguous_format)
+    torch.manual_seed(0)
+    ours = load_model(args.config, None, fold_batchnorm=True)
+    height, width = ours.frame_size
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (args.warmup + args.frames, height, width, 3), dtype=np.uint8)
+
+    animator = Animator(ours, source, relative=True, adapt_scale=True)
+    baseline = OriginalStylePipeline(original, source)
+    ours_ms, original_ms, max_difference = [], [], 0
+    for index, frame in enumerate(frames):
+        start = time.perf_counter()
+        ours_frame = animator(frame)
+        middle = time.perf_counter()
+        original_frame = baseline(frame)
+        end = time.perf_counter()
+        if index >= args.warmup:
+            ours_ms.append((middle - start) * 1e3)
+            original_ms.append((end - middle) * 1e3)
+        max_difference = max(max_difference, int(np.abs(ours_frame.astype(int) - original_frame.astype(int)).max()))
+
+    ratios = [o / a for o, a in zip(original_ms, ours_ms)]
+    result = {
+        "machine": machine_description(),
+        "config": args.config,
+        "frames": args.frames,
+        "animator_ms_median": statistics.median(ours_ms),
+        "uncached_ms_median": statistics.median(original_ms),
+        "speedup_median": statistics.median(ratios),
+        "speedup_min": min(ratios),
+        "speedup_max": max(ratios),
+        "max_abs_difference_uint8": max_difference,
+    }
+    print(f"machine: {result['machine']}")
+    print(f"config {args.config}, random weights, {args.frames} frames after {args.warmup} warm-up")
+    print(f"Animator (cached source, folded BatchNorm): {result['animator_ms_median']:8.1f} ms/frame (median)")
+    print(f"original-style uncached pipeline:           {result['uncached_ms_median']:8.1f} ms/frame (median)")
+    print(f"speed-up, median of per-frame ratios: {result['speedup_median']:.2f}x "
+          f"(min {result['speedup_min']:.2f}x, max {result['speedup_max']:.2f}x)")
+    print(f"largest output difference: {max_difference} (uint8 levels)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
