@@ -115,6 +115,8 @@ class ModelConfig:
             {**gen_params, **generator_fields, "dense_motion": dense_motion},
             f"{where}: generator_params",
         )
+        _check_scale_factor(kp_detector.scale_factor, f"{where}: kp_detector_params")
+        _check_scale_factor(dense_motion.scale_factor, f"{where}: dense_motion_params")
         return cls(name=name, frame_size=_frame_size(document, where), kp_detector=kp_detector, generator=generator)
 
 
@@ -124,6 +126,13 @@ def _frame_size(document: Mapping[str, Any], where: str) -> tuple[int, int]:
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
         raise ConfigError(f"{where}: dataset_params.frame_shape must be [height, width, channels], got {shape!r}")
     return shape[0], shape[1]
+
+
+def _check_scale_factor(scale: float, where: str) -> None:
+    """The anti-alias downsampling keeps every n-th pixel: scale must be 1 or 1/n."""
+    inverse = 1.0 / scale
+    if scale > 1.0 or abs(inverse - round(inverse)) > 1e-6:
+        raise ConfigError(f"{where}: scale_factor must be 1/n for a whole number n (1, 0.5, 0.25, ...), got {scale}")
 
 
 def _require_mapping(value: Any, where: str) -> Mapping[str, Any]:

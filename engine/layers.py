@@ -166,7 +166,7 @@ class Hourglass(nn.Module):
 
 
 class AntiAliasDownsample(nn.Module):
-    """Gaussian blur then subsampling by ``1/scale``: BxCxHxW -> BxCx(H*scale)x(W*scale).
+    """Gaussian blur then subsampling by ``1/scale`` (scale = 1/n): BxCxHxW -> BxCx(H*scale)x(W*scale).
 
     sigma = (1/scale - 1) / 2 and a (2*round(4*sigma)+1)^2 kernel, zero padded,
     as the released models were trained with (scale 0.25: sigma 1.5, 13x13).
@@ -178,8 +178,6 @@ class AntiAliasDownsample(nn.Module):
     def __init__(self, channels: int, scale: float):
         super().__init__()
         inverse = 1.0 / scale
-        if not (0.0 < scale < 1.0 and abs(inverse - round(inverse)) < 1e-6):
-            raise ValueError(f"scale_factor must be 1/n for an integer n > 1, got {scale}")
         self.stride = int(round(inverse))
         sigma = (inverse - 1.0) / 2.0
         kernel_size = 2 * round(sigma * 4) + 1

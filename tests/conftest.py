@@ -1,0 +1,56 @@
+"""Shared fixtures.
+
+The parity suite (tests/test_parity.py) runs against every directory given
+with ``--parity-dir`` (repeatable), or against the bundled
+``tests/fixtures/fomm-parity-small`` when none is given.  A parity directory
+holds ``config.yaml``, ``checkpoint.pth.tar``, ``inputs.npz`` and
+``expected.npz`` in the layout described in that fixture's README.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import load_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL_PARITY_DIR = FIXTURES / "fomm-parity-small"
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--parity-dir",
+        action="append",
+        default=[],
+        type=Path,
+        help="a checkpoint + expected-outputs directory to check parity against (repeatable)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "parity_dir" in metafunc.fixturenames:
+        directories = metafunc.config.getoption("parity_dir") or [SMALL_PARITY_DIR]
+        metafunc.parametrize("parity_dir", directories, ids=[d.name for d in directories], scope="module")
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """The fixture checkpoint (narrow vox-adv-256), BatchNorm folded, on the CPU."""
+    return load_model(SMALL_PARITY_DIR / "config.yaml", SMALL_PARITY_DIR / "checkpoint.pth.tar")
+
+
+@pytest.fixture(scope="session")
+def small_inputs() -> dict[str, np.ndarray]:
+    """source: 256x256x3 uint8; driving: 3x256x256x3 uint8 (see the fixture's README)."""
+    with np.load(SMALL_PARITY_DIR / "inputs.npz") as inputs:
+        return {key: inputs[key] for key in inputs.files}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(0)

@@ -1,0 +1,70 @@
+"""The per-frame path exports whole: torch.export with no graph breaks and no host sync."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.motion import Keypoints, make_motion_reference, transfer_motion
+
+# Ops that would mean a host sync, a data-dependent shape or a matrix inverse in the per-frame graph.
+FORBIDDEN_OPS = ("_local_scalar_dense", "item", "nonzero", "linalg_inv", "inverse", "masked_select", "unique")
+
+
+def call_targets(program: torch.export.ExportedProgram) -> set[str]:
+    return {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+
+
+@pytest.fixture(scope="module")
+def per_frame_inputs(small_model, small_inputs):
+    source = torch.from_numpy(small_inputs["source"]).permute(2, 0, 1)[None].float() / 255
+    driving = torch.from_numpy(small_inputs["driving"]).permute(0, 3, 1, 2).float() / 255
+    state = small_model.encode_source(source)
+    keypoints = small_model.detect_keypoints(driving[:1])
+    reference = make_motion_reference(state.motion.keypoints, small_model.detect_keypoints(driving[1:2]), True)
+    return driving[:1], state, keypoints, reference
+
+
+def exported(module: torch.nn.Module, args: tuple) -> torch.export.ExportedProgram:
+    return torch.export.export(module, args, strict=True)
+
+
+def assert_clean(program: torch.export.ExportedProgram) -> None:
+    targets = call_targets(program)
+    bad = sorted(t for t in targets if any(f".{name}." in t or t.endswith(f".{name}") for name in FORBIDDEN_OPS))
+    assert not bad, f"per-frame graph contains {bad}"
+
+
+def test_keypoint_detector_exports_whole_and_matches(small_model, per_frame_inputs):
+    frame = per_frame_inputs[0]
+    program = exported(small_model.kp_detector, (frame,))
+    assert_clean(program)
+    got, expected = program.module()(frame), small_model.kp_detector(frame)
+    assert isinstance(expected, Keypoints)
+    torch.testing.assert_close(got[0], expected.value, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[1], expected.jacobian, rtol=0, atol=1e-6)
+
+
+def test_render_step_exports_whole_and_matches(small_model, per_frame_inputs):
+    _, state, keypoints, _ = per_frame_inputs
+    program = exported(small_model.render_step, (state, keypoints))
+    assert_clean(program)
+    assert "aten.grid_sampler.default" in call_targets(program)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(state, keypoints), small_model.render_step(state, keypoints),
+                                   rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("part", ["kp_detector", "render_step", "transfer_motion"])
+def test_no_graph_breaks(small_model, per_frame_inputs, part):
+    frame, state, keypoints, reference = per_frame_inputs
+    torch._dynamo.reset()
+    target, args = {
+        "kp_detector": (small_model.kp_detector, (frame,)),
+        "render_step": (small_model.render_step, (state, keypoints)),
+        "transfer_motion": (transfer_motion, (keypoints, reference, True)),
+    }[part]
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(target)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

@@ -1,0 +1,64 @@
+"""Building blocks: BatchNorm folding, anti-alias downsampling, coordinate conventions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.layers import AntiAliasDownsample, SameBlock2d, fold_batchnorm_into_conv, make_coordinate_grid
+
+
+def randomised_batchnorm(features: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(features)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.normal_()
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.1, 3.0)
+    return norm.eval()
+
+
+def test_folded_conv_equals_conv_then_batchnorm():
+    conv, norm = nn.Conv2d(5, 7, 3, padding=1), randomised_batchnorm(7)
+    x = torch.randn(2, 5, 16, 16)
+    expected = norm(conv(x))
+    fold_batchnorm_into_conv(conv, norm)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_block_folding_replaces_its_norm():
+    block = SameBlock2d(3, 8, kernel_size=7, padding=3).eval()
+    block.norm = randomised_batchnorm(8)
+    x = torch.rand(1, 3, 32, 32)
+    expected = block(x)
+    block.fold_batchnorm()
+    assert isinstance(block.norm, nn.Identity)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_only_residual_input_norms_survive_folding(small_model):
+    remaining = [name for network in (small_model.kp_detector, small_model.generator)
+                 for name, module in network.named_modules() if isinstance(module, nn.BatchNorm2d)]
+    assert remaining and all(name.startswith("bottleneck.r") and name.endswith(".norm1") for name in remaining)
+
+
+def test_antialias_kernel_and_strided_sampling():
+    down = AntiAliasDownsample(3, 0.25)
+    assert down.weight.shape == (3, 1, 13, 13)  # sigma 1.5 -> 2*round(6)+1 taps
+    torch.testing.assert_close(down.weight.sum(dim=(1, 2, 3)), torch.ones(3))
+    x = torch.rand(2, 3, 256, 256)
+    blurred_then_sliced = F.conv2d(F.pad(x, (6, 6, 6, 6)), down.weight, groups=3)[:, :, ::4, ::4]
+    out = down(x)
+    assert out.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(out, blurred_then_sliced, rtol=1e-5, atol=1e-6)
+
+
+def test_coordinate_grid_is_align_corners_true():
+    grid = make_coordinate_grid(4, 5, torch.float32, torch.device("cpu"))
+    assert grid.shape == (4, 5, 2)
+    torch.testing.assert_close(grid[0, :, 0], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))  # x along columns
+    torch.testing.assert_close(grid[:, 0, 1], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))  # y along rows
+    image = torch.rand(1, 2, 4, 5)
+    identity = F.grid_sample(image, grid[None], align_corners=True)
+    torch.testing.assert_close(identity, image, rtol=0, atol=1e-6)
