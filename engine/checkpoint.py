@@ -4,7 +4,8 @@ A released ``.pth.tar`` is a ``torch.save`` dict with ``generator`` and
 ``kp_detector`` state dicts (plus discriminator and optimizer entries that
 inference ignores).  It is a pickle, so it is read with
 ``torch.load(weights_only=True)``: a file that tries to run code is refused,
-never executed.
+never executed.  The same state dicts as one ``.safetensors`` file (tensor
+names ``generator.<key>`` and ``kp_detector.<key>``) load too, with no pickle.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CheckpointError
@@ -32,6 +35,8 @@ def read_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
     size = path.stat().st_size
     try:
         document = torch.load(path, map_location="cpu", weights_only=True)
@@ -62,6 +67,21 @@ def read_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
         if not isinstance(entry, Mapping) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
             raise CheckpointError(f"{path}: entry {name!r} is not a state dict of tensors")
         state_dicts[name] = dict(entry)
+    return state_dicts
+
+
+def read_safetensors(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Read state dicts stored as one safetensors file with names ``generator.<key>`` and ``kp_detector.<key>``."""
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from None
+    state_dicts: dict[str, dict[str, torch.Tensor]] = {network: {} for network in NETWORKS}
+    for name, tensor in tensors.items():
+        network, _, key = name.partition(".")
+        if network not in state_dicts:
+            raise CheckpointError(f"{path}: unexpected tensor {name!r}; expected names starting with {NETWORKS}")
+        state_dicts[network][key] = tensor
     return state_dicts
 
 

@@ -12,6 +12,8 @@ from .config import ModelConfig
 from .generator import Generator, SourceState
 from .keypoint_detector import KeypointDetector
 from .motion import Keypoints
+from .weights import cache_root
+from .weights_cache import WeightsCache
 
 
 class RenderStep(nn.Module):
@@ -94,26 +96,34 @@ def load_model(
     *,
     align_corners: bool = True,
     fold_batchnorm: bool = True,
+    weights_cache: bool = True,
 ) -> FirstOrderModel:
     """Build the networks of ``config`` and load ``checkpoint`` into them.
 
     config: a FOMM YAML config path (e.g. ``configs/vox-adv-256.yaml``) or a
-    :class:`ModelConfig`.  checkpoint: an original ``.pth.tar``; only its
-    ``generator`` and ``kp_detector`` entries are used, strictly (every key
-    used, none missing).  ``None`` keeps random weights (benchmarks and tests
+    :class:`ModelConfig`.  checkpoint: an original ``.pth.tar`` (or the same
+    state dicts as ``.safetensors``); only its ``generator`` and
+    ``kp_detector`` entries are used, strictly (every key used, none missing).  ``None`` keeps random weights (benchmarks and tests
     only).  align_corners: the ``grid_sample`` convention; True is what the
     released models were trained with (torch < 1.3), False reproduces the
     unmodified original code on today's torch.  fold_batchnorm: fold
-    BatchNorm into the preceding convolutions after loading.
+    BatchNorm into the preceding convolutions after loading.  weights_cache:
+    read a ``.pth.tar`` from its safetensors copy in the cache (see
+    :mod:`engine.weights_cache`), making that copy on the first load.
     """
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_yaml(config)
     kp_detector = KeypointDetector(config.kp_detector)
     generator = Generator(config.generator, align_corners=align_corners)
     if checkpoint is not None:
-        state_dicts = read_checkpoint(checkpoint)
+        checkpoint = Path(checkpoint)
+        cache = WeightsCache(cache_root()) if weights_cache and checkpoint.suffix != ".safetensors" else None
+        cached = cache.read(checkpoint, config) if cache is not None else None
+        state_dicts = cached if cached is not None else read_checkpoint(checkpoint)
         load_weights_strictly(kp_detector, state_dicts["kp_detector"], f"kp_detector of config {config.name!r}")
         load_weights_strictly(generator, state_dicts["generator"], f"generator of config {config.name!r}")
+        if cache is not None and cached is None:
+            cache.write(checkpoint, config, state_dicts)
     model = FirstOrderModel(config, kp_detector, generator)
     if fold_batchnorm:
         model.fold_batchnorm()

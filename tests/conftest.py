@@ -9,6 +9,10 @@ holds ``config.yaml``, ``checkpoint.pth.tar``, ``inputs.npz`` and
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +58,10 @@ def small_inputs() -> dict[str, np.ndarray]:
 @pytest.fixture(autouse=True)
 def _deterministic_seed():
     torch.manual_seed(0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the tool's cache (safetensors copies, hashes) out of the user's home during tests."""
+    home = tempfile.mkdtemp(prefix="fomm-live-test-home-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ["FOMM_LIVE_HOME"] = home

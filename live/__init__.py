@@ -1,0 +1,1 @@
+"""The live tool around the engine: command line, first-run helpers and diagnostics."""

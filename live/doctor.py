@@ -1,0 +1,218 @@
+"""``run_live.py --doctor``: check the machine for everything the live tool needs.
+
+Each check yields :class:`Finding` lines that say OK, or what is wrong and
+what to do about it.  Checks only look: they install nothing, change
+nothing, and never download.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from engine.errors import CheckpointError
+from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, file_md5, find_checkpoint
+
+V4L2LOOPBACK_FIX = (
+    "sudo apt install v4l2loopback-dkms && "
+    'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 video_nr=10 card_label="fomm-live"'
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report.  status: "OK", "WARN" (works, but worse) or "FAIL" (will not work)."""
+
+    status: str
+    topic: str
+    detail: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.status:<4} {self.topic}: {self.detail}" + (f"  -> {self.fix}" if self.fix else "")
+
+
+def run_doctor(checkpoint: str | None, expected_md5: str) -> list[Finding]:
+    """Every check, in the order a user would fix things."""
+    checks: list[Callable[[], Iterable[Finding]]] = [
+        check_python,
+        check_packages,
+        check_torch_device,
+        check_backends,
+        check_cache,
+        check_cameras,
+        check_virtual_camera,
+        check_display,
+        lambda: check_weights(checkpoint, expected_md5),
+    ]
+    findings = []
+    for check in checks:
+        try:
+            findings.extend(check())
+        except Exception as error:  # a broken check must not hide the others
+            findings.append(Finding("FAIL", getattr(check, "__name__", "check"), f"the check itself failed: {error!r}"))
+    return findings
+
+
+def check_python() -> Iterator[Finding]:
+    version = platform.python_version()
+    if sys.version_info >= (3, 10):
+        yield Finding("OK", "python", f"{version} ({sys.executable})")
+    else:
+        yield Finding("FAIL", "python", f"{version} is too old", "use Python 3.10 or newer")
+
+
+REQUIRED = ("torch", "numpy", "pyyaml", "safetensors", "tqdm")
+OPTIONAL = {  # distribution: (what it is for, what to install)
+    "opencv-contrib-python": ("webcam capture and the preview window", "opencv-contrib-python"),
+    "mediapipe": ("face framing", "mediapipe==0.10.21"),
+    "pyvirtualcam": ("the virtual camera", "pyvirtualcam"),
+    "onnxruntime": ("ONNX Runtime inference", '-e ".[onnx]"'),
+    "torch-tensorrt": ("TensorRT inference on NVIDIA GPUs", '-e ".[tensorrt]"'),
+}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_packages() -> Iterator[Finding]:
+    missing = [name for name in REQUIRED if _version(name) is None]
+    present = ", ".join(f"{name} {_version(name)}" for name in REQUIRED if name not in missing)
+    if missing:
+        yield Finding("FAIL", "packages", f"missing {', '.join(missing)} (found {present})", 'pip install -e "."')
+    else:
+        yield Finding("OK", "packages", present)
+    for distribution, (purpose, install) in OPTIONAL.items():
+        version = _version(distribution)
+        if version is None:
+            yield Finding("WARN", f"package {distribution}", f"not installed: needed for {purpose}",
+                          f"pip install {install}")
+        else:
+            yield Finding("OK", f"package {distribution}", version)
+
+
+def check_torch_device() -> Iterator[Finding]:
+    build = f"torch {torch.__version__} (CUDA {torch.version.cuda})" if torch.version.cuda else \
+        f"torch {torch.__version__} (CPU-only build)"
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            yield Finding("OK", f"gpu cuda:{index}", f"{props.name}, compute capability {props.major}.{props.minor}, "
+                          f"{props.total_memory / 2**30:.1f} GiB; {build}")
+    elif torch.version.cuda:
+        yield Finding("WARN", "gpu", f"no CUDA device visible to {build}: the tool will run on the CPU, about 1 FPS",
+                      "check the NVIDIA driver with nvidia-smi")
+    else:
+        yield Finding("WARN", "gpu", f"{build}: the tool will run on the CPU, about 1 FPS",
+                      "on a machine with an NVIDIA GPU, install the CUDA build of torch")
+
+
+def check_backends() -> Iterator[Finding]:
+    """The inference backends this version has, per device: eager PyTorch."""
+    yield Finding("OK", "backend eager (cpu)", "usable, float32")
+    if torch.cuda.is_available():
+        yield Finding("OK", "backend eager (cuda)", "usable, float32")
+    else:
+        yield Finding("WARN", "backend eager (cuda)", "not usable: no CUDA device (see the gpu line)")
+
+
+def check_cache() -> Iterator[Finding]:
+    root = cache_root()
+    probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
+    if not os.access(probe, os.W_OK):
+        yield Finding("FAIL", "cache", f"{root} is not writable: converted weights cannot be cached",
+                      "set FOMM_LIVE_HOME to a writable directory")
+        return
+    copies = sorted((root / "safetensors").glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in copies)
+    yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {size / 2**20:.0f} MiB)")
+
+
+def _video_devices() -> list[tuple[str, str, bool]]:
+    """(device, name, is_loopback) of every V4L2 device on Linux; loopback devices are virtual."""
+    devices = []
+    for node in sorted(Path("/sys/class/video4linux").glob("video*")):
+        name_file = node / "name"
+        name = name_file.read_text().strip() if name_file.exists() else "?"
+        virtual = "/virtual/" in str(node.resolve())
+        devices.append((f"/dev/{node.name}", name, virtual))
+    return devices
+
+
+def check_cameras() -> Iterator[Finding]:
+    if platform.system() != "Linux":
+        yield Finding("OK", "cameras", f"not listed on {platform.system()}; the live tool opens --camera 0 by default")
+        return
+    cameras = [f"{device} ({name})" for device, name, virtual in _video_devices() if not virtual]
+    if cameras:
+        yield Finding("OK", "cameras", ", ".join(cameras))
+    else:
+        yield Finding("WARN", "cameras", "no webcam found",
+                      "plug one in, or drive the avatar from a video file with --camera path/to/video.mp4")
+
+
+def check_virtual_camera() -> Iterator[Finding]:
+    if platform.system() == "Linux":
+        loopbacks = [f"{device} ({name})" for device, name, virtual in _video_devices() if virtual]
+        if loopbacks:
+            yield Finding("OK", "virtual camera device", "v4l2loopback: " + ", ".join(loopbacks))
+        else:
+            yield Finding("FAIL", "virtual camera device",
+                          "no v4l2loopback device: call apps cannot see the avatar (the preview still works)",
+                          V4L2LOOPBACK_FIX)
+    else:
+        yield Finding("OK", "virtual camera device",
+                      "uses the OBS virtual camera on Windows and macOS: install OBS Studio 28 or newer")
+    if _version("pyvirtualcam") is None:
+        return  # reported with the packages
+    pyvirtualcam = importlib.import_module("pyvirtualcam")
+    try:
+        with pyvirtualcam.Camera(width=64, height=64, fps=30) as camera:
+            yield Finding("OK", "virtual camera", f"opened {camera.device} with pyvirtualcam ({camera.backend})")
+    except Exception as error:
+        fix = V4L2LOOPBACK_FIX if platform.system() == "Linux" else "install OBS Studio and start its virtual camera once"
+        yield Finding("FAIL", "virtual camera", f"pyvirtualcam cannot open one: {error}", fix)
+
+
+def check_display() -> Iterator[Finding]:
+    if platform.system() != "Linux":
+        yield Finding("OK", "display", f"{platform.system()} desktop")
+    elif os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        yield Finding("OK", "display", os.environ.get("DISPLAY") or os.environ["WAYLAND_DISPLAY"])
+    else:
+        yield Finding("WARN", "display", "none (DISPLAY and WAYLAND_DISPLAY unset): no preview window",
+                      "run with --no-preview; the virtual camera and --output still work")
+
+
+def check_weights(checkpoint: str | None, expected_md5: str) -> Iterator[Finding]:
+    try:
+        path = find_checkpoint(checkpoint)
+    except CheckpointError as error:
+        yield Finding("FAIL", "weights", str(error))
+        return
+    partial = path.with_name(path.name + ".part")
+    if partial.exists():
+        yield Finding("WARN", "weights", f"an interrupted download lies at {partial}",
+                      "python run_live.py --download-weights resumes it")
+    found = file_md5(path)
+    size = f"{path.stat().st_size / 2**20:.0f} MiB"
+    if found == expected_md5.lower():
+        yield Finding("OK", "weights", f"{path} ({size}, md5 verified)")
+    elif path.name == DEFAULT_CHECKPOINT_NAME:
+        yield Finding("FAIL", "weights", f"{path} ({size}) has md5 {found}, expected {expected_md5}: corrupt or "
+                      "incomplete", f"delete it and run: python run_live.py --download-weights --checkpoint {path}")
+    else:
+        yield Finding("WARN", "weights", f"{path} ({size}, md5 {found}) is not the released {DEFAULT_CHECKPOINT_NAME}",
+                      "fine for a checkpoint of your own; pass --weights-md5 to verify it")
