@@ -18,8 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from engine.errors import CheckpointError
-from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, file_md5, find_checkpoint
+from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
 
 V4L2LOOPBACK_FIX = (
     "sudo apt install v4l2loopback-dkms && "
@@ -125,7 +124,7 @@ def check_backends() -> Iterator[Finding]:
     if torch.cuda.is_available():
         yield Finding("OK", "backend eager (cuda)", "usable, float32")
     else:
-        yield Finding("WARN", "backend eager (cuda)", "not usable: no CUDA device (see the gpu line)")
+        yield Finding("WARN", "backend eager (cuda)", "not usable: no CUDA device", "see the gpu line")
 
 
 def check_cache() -> Iterator[Finding]:
@@ -172,6 +171,7 @@ def check_virtual_camera() -> Iterator[Finding]:
             yield Finding("FAIL", "virtual camera device",
                           "no v4l2loopback device: call apps cannot see the avatar (the preview still works)",
                           V4L2LOOPBACK_FIX)
+            return  # pyvirtualcam would fail for the same reason
     else:
         yield Finding("OK", "virtual camera device",
                       "uses the OBS virtual camera on Windows and macOS: install OBS Studio 28 or newer")
@@ -197,10 +197,11 @@ def check_display() -> Iterator[Finding]:
 
 
 def check_weights(checkpoint: str | None, expected_md5: str) -> Iterator[Finding]:
-    try:
-        path = find_checkpoint(checkpoint)
-    except CheckpointError as error:
-        yield Finding("FAIL", "weights", str(error))
+    candidates = [Path(checkpoint)] if checkpoint else checkpoint_search_paths()
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        fetch = "python run_live.py --download-weights" + (f" --checkpoint {checkpoint}" if checkpoint else "")
+        yield Finding("FAIL", "weights", f"no checkpoint found (looked at: {', '.join(map(str, candidates))})", fetch)
         return
     partial = path.with_name(path.name + ".part")
     if partial.exists():

@@ -1,0 +1,86 @@
+"""run_live.py's first-run behaviour: the doctor, and the message when no weights are found."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOPICS = ["python", "packages", "gpu", "backend eager (cpu)", "cache", "cameras", "virtual camera device", "display",
+          "weights"]
+LINE = re.compile(r"^(OK  |WARN|FAIL) (?P<topic>[^:]+): (?P<detail>.+?)(  -> (?P<fix>.+))?$")
+
+
+def run_tool(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["FOMM_LIVE_HOME"] = str(home)
+    return subprocess.run([sys.executable, str(REPO / "run_live.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def doctor_lines(result: subprocess.CompletedProcess) -> dict[str, list[re.Match]]:
+    lines = [line for line in result.stdout.splitlines() if line and not line.endswith(("found.", "All set."))]
+    matches = {}
+    for line in lines:
+        match = LINE.match(line)
+        assert match, f"doctor line is neither OK nor a problem with its fix: {line!r}"
+        if not line.startswith("OK"):
+            assert match["fix"], f"problem without a fix: {line!r}"
+        matches.setdefault(match["topic"], []).append(match)
+    return matches
+
+
+def test_doctor_reports_every_topic_on_this_machine(tmp_path):
+    result = run_tool("--doctor", home=tmp_path / "home", cwd=tmp_path)
+    lines = doctor_lines(result)
+    for topic in TOPICS:
+        assert topic in lines, f"no line about {topic}"
+    assert result.returncode == 1  # no weights here
+    weights = lines["weights"][0]
+    assert weights[0].startswith("FAIL") and "no checkpoint found" in weights["detail"]
+    assert weights["fix"] == "python run_live.py --download-weights"
+    display = lines["display"][0]
+    assert display[0].startswith("WARN") and "--no-preview" in display["fix"]
+    loopback_present = any(Path("/sys/devices/virtual/video4linux").glob("video*"))
+    device = lines["virtual camera device"][0]
+    if loopback_present:
+        assert device[0].startswith("OK")
+    else:
+        assert device[0].startswith("FAIL") and "modprobe v4l2loopback" in device["fix"]
+    python = lines["python"][0]
+    assert python[0].startswith("OK") and sys.version.split()[0] in python["detail"]
+
+
+def test_doctor_verifies_the_weights(tmp_path):
+    weights = tmp_path / "vox-adv-cpk.pth.tar"
+    weights.write_bytes(b"pretend weights")
+    md5 = hashlib.md5(b"pretend weights").hexdigest()
+    good = doctor_lines(run_tool("--doctor", "--checkpoint", str(weights), "--weights-md5", md5,
+                                 home=tmp_path / "home", cwd=tmp_path))["weights"]
+    assert good[0][0].startswith("OK") and "md5 verified" in good[0]["detail"]
+    bad = doctor_lines(run_tool("--doctor", "--checkpoint", str(weights), home=tmp_path / "home", cwd=tmp_path))
+    line = bad["weights"][0]
+    assert line[0].startswith("FAIL") and "corrupt or incomplete" in line["detail"]
+    assert "--download-weights" in line["fix"]
+
+
+def test_missing_weights_is_one_message_not_a_traceback(tmp_path):
+    home = tmp_path / "home"
+    result = run_tool(home=home, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert str(home / "weights" / "vox-adv-cpk.pth.tar") in message
+    assert str(tmp_path / "vox-adv-cpk.pth.tar") in message
+    assert "python run_live.py --download-weights" in message
+
+
+def test_missing_explicit_weights_names_the_path(tmp_path):
+    result = run_tool("--checkpoint", str(tmp_path / "mine.pth.tar"), home=tmp_path / "home", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"looked at: {tmp_path / 'mine.pth.tar'}" in result.stderr
