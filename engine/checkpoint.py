@@ -115,7 +115,9 @@ def load_weights_strictly(module: nn.Module, state_dict: Mapping[str, torch.Tens
                 f"the checkpoint's {what} does not fit the config: parameter {key} has shape "
                 f"{tuple(state_dict[key].shape)} in the checkpoint but the config expects {tuple(tensor.shape)}"
             )
-    module.load_state_dict(state_dict, strict=True)
+    # assign: the module may have been built on the meta device; its tensors become the checkpoint's.
+    module.load_state_dict({key: state_dict[key].to(tensor.dtype) for key, tensor in expected.items()},
+                           strict=True, assign=True)
 
 
 def _preview(keys: list[str], limit: int = 4) -> str:

@@ -89,6 +89,10 @@ class FirstOrderModel:
                     module.fold_batchnorm()
 
 
+def _build_networks(config: ModelConfig, align_corners: bool) -> tuple[KeypointDetector, Generator]:
+    return KeypointDetector(config.kp_detector), Generator(config.generator, align_corners=align_corners)
+
+
 def load_model(
     config: str | Path | ModelConfig,
     checkpoint: str | Path | None,
@@ -113,13 +117,15 @@ def load_model(
     """
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_yaml(config)
-    kp_detector = KeypointDetector(config.kp_detector)
-    generator = Generator(config.generator, align_corners=align_corners)
-    if checkpoint is not None:
+    if checkpoint is None:
+        kp_detector, generator = _build_networks(config, align_corners)
+    else:
         checkpoint = Path(checkpoint)
         cache = WeightsCache(cache_root()) if weights_cache and checkpoint.suffix != ".safetensors" else None
         cached = cache.read(checkpoint, config) if cache is not None else None
         state_dicts = cached if cached is not None else read_checkpoint(checkpoint)
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
+            kp_detector, generator = _build_networks(config, align_corners)
         load_weights_strictly(kp_detector, state_dicts["kp_detector"], f"kp_detector of config {config.name!r}")
         load_weights_strictly(generator, state_dicts["generator"], f"generator of config {config.name!r}")
         if cache is not None and cached is None:
