@@ -101,15 +101,26 @@ def movement_scale(source_value: torch.Tensor, reference_value: torch.Tensor) ->
     return float(np.sqrt(areas[0]) / np.sqrt(areas[1]))
 
 
-def make_motion_reference(source: Keypoints, reference: Keypoints, adapt_scale: bool) -> MotionReference:
-    """Gather the constants of relative motion for one source (batch 1) and one reference frame (batch 1)."""
-    alpha = movement_scale(source.value, reference.value) if adapt_scale else 1.0
+def make_motion_reference(source: Keypoints, reference: Keypoints, adapt_scale: bool,
+                          multiplier: float = 1.0) -> MotionReference:
+    """Gather the constants of relative motion for one source (batch 1) and one reference frame (batch 1).
+
+    multiplier: an extra factor on the movement (1 = the original's motion).
+    """
+    alpha = (movement_scale(source.value, reference.value) if adapt_scale else 1.0) * multiplier
     return MotionReference(
         source=source,
         reference_value=reference.value,
         scale=torch.tensor(alpha, dtype=source.value.dtype, device=source.value.device),
         jacobian_transfer=torch.matmul(inverse_2x2(reference.jacobian), source.jacobian),
     )
+
+
+def smooth_keypoints(previous: Keypoints, current: Keypoints, strength: float) -> Keypoints:
+    """Exponential smoothing: strength * previous + (1 - strength) * current, for strength in [0, 1)."""
+    keep = 1.0 - strength
+    return Keypoints(value=previous.value * strength + current.value * keep,
+                     jacobian=previous.jacobian * strength + current.jacobian * keep)
 
 
 def transfer_motion(driving: Keypoints, reference: MotionReference, relative: bool) -> Keypoints:

@@ -6,16 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine import EngineError, load_model
-from engine.weights import (
-    DEFAULT_CHECKPOINT_MD5,
-    DEFAULT_WEIGHTS_URLS,
-    default_checkpoint_path,
-    file_md5,
-    find_checkpoint,
-    download_weights,
-)
+from engine import EngineError
+from engine.weights import DEFAULT_CHECKPOINT_MD5, DEFAULT_WEIGHTS_URLS, default_checkpoint_path, download_weights, file_md5
 
+from .app import run_live
 from .doctor import run_doctor
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vox-adv-256.yaml"
@@ -33,6 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
         "and ./vox-adv-cpk.pth.tar); with --download-weights, where to save them",
     )
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "eager"],
+                        help="inference backend (default: %(default)s, the fastest available)")
+    live = parser.add_argument_group("live")
+    live.add_argument("--source", help="avatar: an image, or a folder of images (keys 1-9, A/D switch)")
+    live.add_argument("--camera", default="0", help="webcam index, or a video file to use as the camera (default: 0)")
+    live.add_argument("--output", help="also write the output to this video file (.mp4)")
+    live.add_argument("--no-preview", action="store_true", help="no preview window (with a video file as the "
+                      "camera: render the whole file as fast as possible)")
+    live.add_argument("--max-frames", type=int, help="stop after this many output frames")
+    live.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
+                      help="relative motion: move the avatar by your motion since calibration (default: on)")
+    live.add_argument("--adapt_scale", action=argparse.BooleanOptionalAction, default=True,
+                      help="scale the motion by the ratio of face sizes (default: on)")
+    live.add_argument("--movement", type=float, default=1.0, help="movement multiplier (default: 1)")
+    live.add_argument("--smoothing", type=float, default=0.0, help="keypoint smoothing in [0, 1) (default: 0)")
+    live.add_argument("--output-size", type=_size, metavar="WxH",
+                      help="output frame size (default: 1280x720, or the model's 256x256 with --square)")
+    live.add_argument("--square", action="store_true", help="send the bare animated square instead of pasting it "
+                      "back into the full avatar picture")
+    live.add_argument("--virtual-camera", action=argparse.BooleanOptionalAction, default=None,
+                      help="stream to a virtual camera (default: on, except when rendering a file offline)")
+    live.add_argument("--fps", type=float, default=30.0, help="virtual camera frame rate (default: 30)")
+    live.add_argument("--global-hotkeys", action="store_true",
+                      help="Ctrl+Alt+<key> hotkeys that work while another window has the focus (pynput)")
     first_run = parser.add_argument_group("first run")
     first_run.add_argument("--download-weights", action="store_true",
                            help="download and verify vox-adv-cpk.pth.tar (228 MB), then exit")
@@ -61,15 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         failed = sum(f.status == "FAIL" for f in findings)
         print(f"\n{failed} problem(s) found." if failed else "\nAll set.")
         return 1 if failed else 0
+    return run_live(args)
+
+
+def _size(text: str) -> tuple[int, int]:
     try:
-        checkpoint = find_checkpoint(args.checkpoint)
-        model = load_model(args.config, checkpoint, device=args.device)
-    except EngineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"loaded {checkpoint} ({model.config.name}) on {args.device}")
-    print("The live loop (webcam, preview, virtual camera) is not part of this version yet.", file=sys.stderr)
-    return 2
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {text!r}") from None
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError(f"expected even sizes of at least 16, got {text!r}")
+    return width, height
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -1,0 +1,89 @@
+"""Wiring of the live tool: builds every part from the command line and runs the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+
+import torch
+
+from engine import EngineError, load_model
+from engine.weights import find_checkpoint
+
+from .avatars import AvatarError, AvatarLibrary
+from .capture import CameraError, OpenCVSource, parse_camera
+from .global_hotkeys import start_global_hotkeys
+from .hotkeys import LiveState, action_for_key
+from .pipeline import Pipeline
+from .preview import PreviewWindow
+from .processor import FrameProcessor
+from .sinks import SinkError, VideoFile, VirtualCamera
+from .status import StatusBoard
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """Run the live tool (or the offline render) as ``args`` say; returns the exit code."""
+    status = StatusBoard()
+    if not args.source:
+        print("error: no avatar: pass --source IMAGE or --source FOLDER", file=sys.stderr)
+        return 1
+    try:
+        library = AvatarLibrary(args.source)
+        source = OpenCVSource(parse_camera(args.camera))
+        model = load_model(args.config, find_checkpoint(args.checkpoint), device=args.device)
+    except (EngineError, AvatarError, CameraError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    status.event(_startup_report(model, args.device))
+    offline = source.is_file and args.no_preview
+    width, height = args.output_size or ((model.frame_size[1], model.frame_size[0]) if args.square else (1280, 720))
+    processor = FrameProcessor(model, library, status, (width, height), square=args.square, relative=args.relative,
+                               adapt_scale=args.adapt_scale, movement=args.movement, smoothing=args.smoothing)
+    sinks, preview = [], None
+    if args.output:
+        sinks.append(VideoFile(args.output, width, height, fps=_file_fps(source),
+                               audio_from=str(args.camera) if source.is_file else None))
+    use_virtual_camera = not offline if args.virtual_camera is None else args.virtual_camera
+    if use_virtual_camera:
+        try:
+            sinks.append(VirtualCamera(width, height, args.fps))
+            status.event(f"streaming to {sinks[-1].name}")
+        except SinkError as error:
+            status.set("virtual camera", str(error))
+    if not args.no_preview:
+        try:
+            preview = PreviewWindow()
+        except SinkError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    commands: queue.Queue = queue.Queue()
+    listener = start_global_hotkeys(commands, status) if args.global_hotkeys else None
+    state = LiveState(avatar_count=len(library), relative=args.relative, movement=args.movement,
+                      smoothing=args.smoothing)
+    pipeline = Pipeline(source, processor, sinks, status, state, preview=preview, offline=offline,
+                        max_frames=args.max_frames, commands=commands, key_action=action_for_key)
+    try:
+        return pipeline.run()
+    finally:
+        if listener is not None:
+            listener.stop()
+        status.event(f"done: {pipeline.frames_sent} frames sent")
+
+
+def _startup_report(model, device: str) -> str:
+    """One line: device, backend, precision; a loud warning on the CPU."""
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        where = f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
+        return f"model {model.config.name} on {where}: backend eager, float32"
+    return (f"model {model.config.name} on the CPU: backend eager, float32 -- WARNING: no GPU in use, expect about "
+            "1 frame per second (see run_live.py --doctor)")
+
+
+def _file_fps(source: OpenCVSource) -> float:
+    """The output file's frame rate: the driving video's, or 30 for a webcam."""
+    if source.is_file:
+        source.open()
+        source.close()
+    return source.fps or 30.0

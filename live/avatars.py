@@ -1,0 +1,58 @@
+"""Avatars: one image or a folder of them, framed for the model and ready for paste-back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .framing import FaceDetector, FramedImage, frame_avatar
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+class AvatarError(ValueError):
+    """The avatar path holds no usable image."""
+
+
+@dataclass(frozen=True)
+class Avatar:
+    """name: file name; photo: the whole picture (HxWx3 uint8 RGB); framed: its face-centred model-size crop."""
+
+    name: str
+    photo: np.ndarray
+    framed: FramedImage
+
+
+class AvatarLibrary:
+    """The avatar images under ``path`` (an image, or a folder read in name order)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.files = self.scan()
+
+    def scan(self) -> list[Path]:
+        """List the images again (the folder may have changed); raises :class:`AvatarError` if there are none."""
+        if self.path.is_file():
+            files = [self.path]
+        elif self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise AvatarError(f"no avatar images in {self.path} (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+        else:
+            raise AvatarError(f"avatar not found: {self.path} (expected an image or a folder of images)")
+        self.files = files
+        return files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int, detector: FaceDetector, size: int) -> Avatar:
+        path = self.files[index]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise AvatarError(f"cannot read avatar image {path} (not an image, or a format OpenCV cannot decode)")
+        photo = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return Avatar(path.name, photo, frame_avatar(photo, detector, size))
