@@ -25,13 +25,13 @@ from .status import StatusBoard
 def run_live(args: argparse.Namespace) -> int:
     """Run the live tool (or the offline render) as ``args`` say; returns the exit code."""
     status = StatusBoard()
-    if not args.source:
-        print("error: no avatar: pass --source IMAGE or --source FOLDER", file=sys.stderr)
-        return 1
     try:
+        checkpoint = find_checkpoint(args.checkpoint)
+        if not args.source:
+            raise AvatarError("no avatar: pass --source IMAGE or --source FOLDER")
         library = AvatarLibrary(args.source)
         source = OpenCVSource(parse_camera(args.camera))
-        model = load_model(args.config, find_checkpoint(args.checkpoint), device=args.device)
+        model = load_model(args.config, checkpoint, device=args.device)
     except (EngineError, AvatarError, CameraError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

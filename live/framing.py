@@ -139,7 +139,7 @@ class DrivingFramer:
         self.detector = detector
         self.size = size
         self.dead_zone = dead_zone
-        self.follow = follow or OneEuroFilter(min_cutoff=0.4, beta=0.02)
+        self.follow = follow or OneEuroFilter(min_cutoff=0.3, beta=0.001)
         self.zoom = 1.0
         self.offset = (0.0, 0.0)
         self._anchor: Square | None = None
