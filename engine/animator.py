@@ -97,16 +97,24 @@ class Animator:
 
     def __call__(self, driving_frame: np.ndarray) -> np.ndarray:
         """One driving frame -> one animated frame (same dtype and shape)."""
+        return self.render(self.detect(driving_frame), driving_frame.dtype)
+
+    def detect(self, driving_frame: np.ndarray) -> Keypoints:
+        """First half of a call: the driving frame's keypoints (the first frame ever becomes the reference)."""
         tensor = image_to_tensor(driving_frame, self.model.frame_size, self.model.device, "driving frame")
         driving = self.model.detect_keypoints(tensor)
         if self._reference is None:
             self._set_reference(driving)
+        return driving
+
+    def render(self, driving: Keypoints, dtype: np.dtype = np.dtype(np.uint8)) -> np.ndarray:
+        """Second half of a call: the avatar posed by these driving keypoints, HxWx3 of ``dtype`` (uint8 or float32)."""
         with torch.inference_mode():
             if self._smoothing > 0 and self._previous is not None:
                 driving = smooth_keypoints(self._previous, driving, self._smoothing)
             self._previous = driving
             transferred = transfer_motion(driving, self._motion, self.relative)
-        return tensor_to_image(self.model.render(self._source, transferred), driving_frame.dtype)
+        return tensor_to_image(self.model.render(self._source, transferred), dtype)
 
     def _set_reference(self, reference: Keypoints) -> None:
         self._reference = reference

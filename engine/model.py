@@ -107,8 +107,9 @@ def load_model(
     config: a FOMM YAML config path (e.g. ``configs/vox-adv-256.yaml``) or a
     :class:`ModelConfig`.  checkpoint: an original ``.pth.tar`` (or the same
     state dicts as ``.safetensors``); only its ``generator`` and
-    ``kp_detector`` entries are used, strictly (every key used, none missing).  ``None`` keeps random weights (benchmarks and tests
-    only).  align_corners: the ``grid_sample`` convention; True is what the
+    ``kp_detector`` entries are used, strictly (every key used, none
+    missing).  ``None`` keeps random weights (benchmarks and tests only).
+    align_corners: the ``grid_sample`` convention; True is what the
     released models were trained with (torch < 1.3), False reproduces the
     unmodified original code on today's torch.  fold_batchnorm: fold
     BatchNorm into the preceding convolutions after loading.  weights_cache:

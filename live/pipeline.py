@@ -149,18 +149,21 @@ class Pipeline:
         self.state_changes: queue.Queue = queue.Queue()  # inference -> main: state fields that work changed
         self.statistics = Statistics()
         self.frames_sent = 0
+        self._last_action: dict[str, tuple[Action | None, float]] = {"window": (None, 0.0), "global": (None, 0.0)}
 
     # -- capture thread -------------------------------------------------------------------------------------
     def _capture(self) -> None:
         attempt = 0
         opened = False
-        interval = 0.0 if self.offline or self.source.realtime else 1.0 / (self.source.fps or 30.0)
+        interval = 0.0
         next_time = time.monotonic()
         while not self.stop.is_set():
             try:
                 if not opened:
                     self.source.open()
                     opened = True
+                    if not (self.offline or self.source.realtime):  # a file standing in for a live camera
+                        interval = 1.0 / (self.source.fps or 30.0)
                     if attempt:
                         self.status.clear("camera", f"{self.source.name} is back")
                     attempt = 0
@@ -183,7 +186,7 @@ class Pipeline:
                 self.captured.put(END)
                 break
             self.captured.put(Captured(frame, read_ms))
-            if interval:  # a video file standing in for a live camera plays at its own rate
+            if interval:  # ... plays at its own frame rate
                 next_time += interval
                 self.stop.wait(max(0.0, next_time - time.monotonic()))
         self.source.close()
@@ -259,8 +262,7 @@ class Pipeline:
         if self.state.mirror:
             frame = frame[:, ::-1]
         frame = np.ascontiguousarray(frame)
-        camera_problem = [m for m in self.status.conditions() if m.startswith("camera")]
-        if camera_problem:  # the output holds the last frame, saying why
+        if self.status.has("camera"):  # the output holds the last frame, saying why
             frame = frame.copy()
             draw_message(frame, "camera lost: reconnecting...")
         start = time.perf_counter()
@@ -314,12 +316,21 @@ class Pipeline:
         if self.preview is not None and self.key_action is not None:
             action = self.key_action(self.preview.poll_key(1))
             if action is not None:
-                actions.append(action)
+                actions.append(("window", action))
         while True:
             try:
-                actions.append(self.commands.get_nowait())
+                actions.append(("global", self.commands.get_nowait()))
             except queue.Empty:
                 break
+        now = time.monotonic()
+        kept = []
+        for origin, action in actions:
+            # Ctrl+Alt+key pressed in the preview window reaches both listeners: act on it once.
+            other_action, other_time = self._last_action["global" if origin == "window" else "window"]
+            self._last_action[origin] = (action, now)
+            if not (action == other_action and now - other_time < 0.3):
+                kept.append(action)
+        actions = kept
         for action in actions:
             self.state, requests = apply(self.state, action)
             self.status.event(f"key: {action.command.name.lower()}"

@@ -120,10 +120,12 @@ class FrameProcessor:
         width, height = self.output_size
         if state.passthrough:
             output, _, _ = fit_canvas(frame, width, height)
-            timings["animate"] = 0.0
         else:
-            animated = self.animator(framed.crop)
-            timings["animate"] = _ms(start)
+            keypoints = self.animator.detect(framed.crop)
+            timings["keypoints"] = _ms(start)
+            start = time.perf_counter()
+            animated = self.animator.render(keypoints)
+            timings["render"] = _ms(start)
             start = time.perf_counter()
             if self.square:
                 output = cv2.resize(animated, (width, height), interpolation=cv2.INTER_LINEAR)

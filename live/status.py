@@ -39,6 +39,10 @@ class StatusBoard:
     def event(self, message: str) -> None:
         self._write(message)
 
+    def has(self, key: str) -> bool:
+        with self._lock:
+            return key in self._conditions
+
     def conditions(self) -> list[str]:
         with self._lock:
             return list(self._conditions.values())

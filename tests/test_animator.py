@@ -124,3 +124,37 @@ def test_bad_images_are_clear_errors(small_model, small_inputs, image, message):
         Animator(small_model, image)
     # A bad frame loses nothing: the animator still works.
     assert animator(small_inputs["driving"][0]).shape == (256, 256, 3)
+
+
+def test_zero_movement_holds_the_avatar_at_rest(small_model, small_inputs):
+    driving = small_inputs["driving"]
+    still = Animator(small_model, small_inputs["source"], movement=0.0)
+    still.calibrate(driving[0])
+    rest = Animator(small_model, small_inputs["source"])
+    rest.calibrate(driving[1])
+    # With no movement every frame renders the source keypoints; only the jacobians still follow the face.
+    moving = Animator(small_model, small_inputs["source"])
+    moving.calibrate(driving[0])
+    assert np.abs(still(driving[2]).astype(int) - rest(driving[1]).astype(int)).mean() < \
+        np.abs(moving(driving[2]).astype(int) - rest(driving[1]).astype(int)).mean()
+    still.movement = 1.0  # back to the original's motion
+    np.testing.assert_array_equal(still(driving[2]), moving(driving[2]))
+
+
+def test_smoothing_blends_each_frame_with_the_past(small_model, small_inputs):
+    from engine import Keypoints
+
+    driving = small_inputs["driving"]
+    smooth = Animator(small_model, small_inputs["source"], smoothing=0.25)
+    smooth.calibrate(driving[0])
+    first = smooth.detect(driving[1])
+    smooth.render(first)
+    second = smooth.detect(driving[2])
+    blended = smooth.render(second)
+    plain = Animator(small_model, small_inputs["source"])
+    plain.calibrate(driving[0])
+    expected = plain.render(Keypoints(first.value * 0.25 + second.value * 0.75,
+                                      first.jacobian * 0.25 + second.jacobian * 0.75))
+    np.testing.assert_array_equal(blended, expected)
+    with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
+        smooth.smoothing = 1.0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,30 @@ def test_bad_inputs_are_one_clear_message(tmp_path, media, args, message):
     result = run_tool(*flat, "--no-preview", tmp_path=tmp_path)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path):
+    camera = write_video(tmp_path / "long.mp4", driving_frames(600))
+    out = tmp_path / "out.mp4"
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["FOMM_LIVE_HOME"] = str(tmp_path / "home")
+    tool = subprocess.Popen([sys.executable, str(REPO / "run_live.py"), *MODEL_ARGS, "--source",
+                             str(write_avatar(tmp_path / "avatar.png")), "--camera", str(camera), "--output", str(out),
+                             "--no-preview"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*.partial.mp4")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.0)  # some frames rendered
+        tool.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = tool.communicate(timeout=10)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+    assert tool.returncode == 0, stderr
+    assert time.monotonic() - started < 3.0
+    assert "interrupted: shutting down" in stderr and "Traceback" not in stderr
+    written = read_video(out)
+    assert 0 < len(written) < 600

@@ -78,3 +78,26 @@ def test_keys_recalibrate_switch_avatar_and_quit(tmp_path, display):
     assert done_at - quit_at < 1.0, "shutdown took longer than a second"
     assert time.monotonic() - started < 10
     assert "Traceback" not in log
+
+
+def test_global_hotkeys_work_while_another_window_has_the_focus(tmp_path, display):
+    """No preview window at all: Ctrl+Alt+<key> reaches the tool only through the global listener."""
+    camera = write_video(tmp_path / "camera.mp4", driving_frames(900))
+    log_path = tmp_path / "log.txt"
+    env = {**os.environ, "DISPLAY": display, "FOMM_LIVE_HOME": str(tmp_path / "home")}
+    with open(log_path, "w") as log:
+        tool = subprocess.Popen([sys.executable, str(REPO / "run_live.py"), *MODEL_ARGS, "--source",
+                                 str(write_avatar(tmp_path / "avatar.png")), "--camera", str(camera), "--no-preview",
+                                 "--global-hotkeys", "--output", str(tmp_path / "out.mp4")],
+                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(log_path, r"global hotkeys: Ctrl\+Alt")
+        wait_for(log_path, r"rendering: +\d+%.*[1-9]\d*/900")
+        xdotool(display, "key", "ctrl+alt+x")
+        wait_for(log_path, r"calibrated on the current pose")
+        xdotool(display, "key", "ctrl+alt+q")
+        assert tool.wait(timeout=15) == 0
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+    assert log_path.read_text().count("key: recalibrate") == 1
