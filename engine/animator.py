@@ -107,7 +107,7 @@ class Animator:
             self._set_reference(driving)
         return driving
 
-    def render(self, driving: Keypoints, dtype: np.dtype = np.dtype(np.uint8)) -> np.ndarray:
+    def render(self, driving: Keypoints, dtype: type | np.dtype = np.uint8) -> np.ndarray:
         """Second half of a call: the avatar posed by these driving keypoints, HxWx3 of ``dtype`` (uint8 or float32)."""
         with torch.inference_mode():
             if self._smoothing > 0 and self._previous is not None:

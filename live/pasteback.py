@@ -23,6 +23,15 @@ def feathered_mask(side: int, feather: float) -> np.ndarray:
     return (edge * edge * (3 - 2 * edge))[..., None]
 
 
+def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` scaled to fill width x height, the overflow cropped equally on both sides (cheap: one resize)."""
+    rows, cols = image.shape[:2]
+    scale = max(width / cols, height / rows)
+    crop_w, crop_h = min(cols, round(width / scale)), min(rows, round(height / scale))
+    x, y = (cols - crop_w) // 2, (rows - crop_h) // 2
+    return cv2.resize(image[y:y + crop_h, x:x + crop_w], (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def fit_canvas(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, float, tuple[int, int]]:
     """``image`` scaled to fit width x height, centred on a blurred, scaled-to-fill copy of itself.
 

@@ -122,8 +122,8 @@ class Pipeline:
     """Runs until the stream ends, ``max_frames`` outputs were sent, or the user quits.
 
     source, processor, sinks and preview are ready-made parts (tests pass
-    their own).  preview: an object with ``show(frame)`` and ``poll_key(ms) ->
-    int`` (-1 for none) and ``close()``, or None.  commands: extra actions, e.g.
+    their own).  preview: an object with ``show(frame)``, ``poll_keys(ms) ->
+    list[int]`` and ``close()`` (see :class:`live.preview.PreviewWindow`), or None.  commands: extra actions, e.g.
     from global hotkeys, as a queue.Queue of :class:`Action`.
     """
 
@@ -314,9 +314,10 @@ class Pipeline:
                 break
         actions = []
         if self.preview is not None and self.key_action is not None:
-            action = self.key_action(self.preview.poll_key(1))
-            if action is not None:
-                actions.append(("window", action))
+            for key in self.preview.poll_keys(1):
+                action = self.key_action(key)
+                if action is not None:
+                    actions.append(("window", action))
         while True:
             try:
                 actions.append(("global", self.commands.get_nowait()))

@@ -24,12 +24,17 @@ class PreviewWindow:
         """Show an HxWx3 uint8 RGB frame."""
         cv2.imshow(self.title, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
 
-    def poll_key(self, milliseconds: int) -> int:
-        """The key pressed within ``milliseconds`` (-1 for none); closing the window counts as Esc."""
+    def poll_keys(self, milliseconds: int) -> list[int]:
+        """The keys pressed since the last call, waiting up to ``milliseconds`` for the first; closing the window
+        counts as Esc."""
+        keys = []
         key = cv2.waitKey(milliseconds)
+        while key != -1 and len(keys) < 16:
+            keys.append(key)
+            key = cv2.waitKey(1)
         if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
-            return ESC_CODE
-        return key
+            keys.append(ESC_CODE)
+        return keys
 
     def close(self) -> None:
         cv2.destroyWindow(self.title)

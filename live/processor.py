@@ -13,7 +13,7 @@ from engine import Animator, EngineError, FirstOrderModel
 from .avatars import Avatar, AvatarLibrary
 from .framing import FaceDetector, DrivingFramer
 from .hotkeys import LiveState, Request
-from .pasteback import PasteBack, fit_canvas
+from .pasteback import PasteBack, cover
 from .pose_match import BestReferenceSearch, FaceLandmarks
 from .status import StatusBoard
 
@@ -119,7 +119,7 @@ class FrameProcessor:
         start = time.perf_counter()
         width, height = self.output_size
         if state.passthrough:
-            output, _, _ = fit_canvas(frame, width, height)
+            output = cover(frame, width, height)
         else:
             keypoints = self.animator.detect(framed.crop)
             timings["keypoints"] = _ms(start)

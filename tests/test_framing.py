@@ -8,7 +8,7 @@ import pytest
 
 from live.framing import DrivingFramer, FaceDetector, Square, crop_square, fit_inside, frame_avatar
 from live.one_euro import OneEuroFilter
-from live.pasteback import PasteBack, feathered_mask
+from live.pasteback import PasteBack, cover, feathered_mask
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,13 @@ def test_paste_back_fills_the_output_with_the_avatar_and_blends_the_face(small_i
     # The photo (800x600) fills the frame's height, centred; the sides are not black.
     assert paste.square.size == pytest.approx(240 * 720 / 800, abs=1)
     assert out[:, :10].mean() > 5
+
+
+def test_cover_fills_the_frame_and_crops_the_overflow():
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[:, :80] = 255  # a white band on the left: the width fits exactly, so it stays
+    out = cover(image, 1280, 720)
+    assert out.shape == (720, 1280, 3) and out[:, :100].min() == 255
+    tall = np.zeros((400, 100, 3), np.uint8)
+    tall[:50] = 255  # the top is cropped off when a tall image fills a wide frame
+    assert cover(tall, 200, 100).max() == 0
