@@ -28,9 +28,14 @@ class OriginalStylePipeline:
         self.source_keypoints = model.detect_keypoints(self.source)
         self.reference: Keypoints | None = None
 
-    @torch.inference_mode()
     def __call__(self, driving_frame: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 driving frame -> HxWx3 uint8 animated frame."""
         frame = image_to_tensor(driving_frame, self.model.frame_size, self.model.device, "driving frame")
+        return tensor_to_image(self.model_step(frame), driving_frame.dtype)
+
+    @torch.inference_mode()
+    def model_step(self, frame: torch.Tensor) -> torch.Tensor:
+        """1x3xHxW float driving frame on the device -> 1x3xHxW prediction, the original demo's way."""
         driving = self.model.kp_detector(frame)
         if self.reference is None:
             self.reference = driving
@@ -42,4 +47,4 @@ class OriginalStylePipeline:
         prediction = generator.decode(source_state.features, field)
         # The demo's generator also returns the source warped at full resolution, every frame.
         generator.warp(self.source, field.deformation)
-        return tensor_to_image(prediction, driving_frame.dtype)
+        return prediction

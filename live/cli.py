@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     first_run.add_argument("--weights-md5", default=DEFAULT_CHECKPOINT_MD5,
                            help="expected md5 of the weights (default: the released file's, %(default)s)")
     first_run.add_argument("--doctor", action="store_true", help="check this machine and the set-up, then exit")
+    first_run.add_argument("--benchmark", action="store_true",
+                           help="measure FPS on this machine, then exit; the options that follow are "
+                           "benchmarks/fps.py's (see python benchmarks/fps.py --help)")
     return parser
 
 
@@ -69,6 +72,11 @@ def _cuda_available() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--benchmark" in argv:
+        from benchmarks.fps import main as benchmark  # the repository's benchmarks/, beside run_live.py
+
+        return benchmark([a for a in argv if a != "--benchmark"])
     args = build_parser().parse_args(argv)
     if args.download_weights:
         return _download(args)

@@ -1,0 +1,326 @@
+"""Frames per second on this machine: model-only and end to end, per stage, against the original pipeline.
+
+    python benchmarks/fps.py --random-weights --device cuda --frames 100 --json gpu.json --chart gpu.png
+    python run_live.py --benchmark --random-weights --frames 20
+    python benchmarks/fps.py --compare a.json b.json
+
+For every available backend and precision (this version has eager float32),
+and for the uncached original-style pipeline as the baseline, in the same run:
+
+- model-only: keypoints + render of one 256x256 frame (batch 1), on the device;
+- end to end: a JPEG-compressed 1280x720 camera frame in (webcams deliver
+  MJPEG), a 1280x720 uint8 frame out, through every stage the live tool runs:
+  decode, framing (face detection, crop), keypoints, render, paste-back, and
+  the sink's colour conversion (RGB to I420, as a virtual camera takes it).
+
+Warm-up frames are excluded; GPU stages are timed with CUDA events.  With
+``--random-weights`` no checkpoint is needed and the cost is identical.  The
+camera frames show a face (the astronaut of the test fixture, moving), so
+face detection does its real work.  The JSON schema is documented in
+``benchmarks/fps_report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.fps_report import (  # noqa: E402
+    BASELINE,
+    SCHEMA,
+    attach_speedups,
+    compare_table,
+    fps_of,
+    load_report,
+    markdown_table,
+    save_chart,
+    summarize,
+)
+from benchmarks.original_pipeline import OriginalStylePipeline  # noqa: E402
+from engine import Animator, load_model  # noqa: E402
+from engine.images import image_to_tensor  # noqa: E402
+from engine.motion import make_motion_reference, transfer_motion  # noqa: E402
+from engine.weights import find_checkpoint  # noqa: E402
+from live.framing import DrivingFramer, FaceDetector, Square  # noqa: E402
+from live.pasteback import PasteBack  # noqa: E402
+
+CAMERA_SIZE = (1280, 720)
+FACE_SOURCE = REPO / "tests" / "fixtures" / "fomm-parity-small" / "inputs.npz"
+BACKENDS = {"eager": ("float32",)}  # backend -> precisions it offers on this version
+
+
+class StageTimer:
+    """Times stages of one frame: CUDA events for device work on a GPU, the host clock otherwise."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._pending: list[tuple[str, object, object]] = []
+        self.host: dict[str, float] = {}
+
+    def run(self, name: str, function: Callable, *args, on_device: bool = False):
+        if self.cuda and on_device:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = function(*args)
+            end.record()
+            self._pending.append((name, start, end))
+            return result
+        begin = time.perf_counter()
+        result = function(*args)
+        self.host[name] = (time.perf_counter() - begin) * 1e3
+        return result
+
+    def collect(self) -> dict[str, float]:
+        """This frame's milliseconds per stage (waits for the device)."""
+        if self._pending:
+            torch.cuda.synchronize()
+        times = dict(self.host)
+        for name, start, end in self._pending:
+            times[name] = start.elapsed_time(end)
+        self._pending, self.host = [], {}
+        return times
+
+
+def camera_frames(count: int) -> list[bytes]:
+    """JPEG-encoded 1280x720 frames of a face turning and nodding (a grey room if the fixture is absent)."""
+    width, height = CAMERA_SIZE
+    face = None
+    if FACE_SOURCE.exists():
+        with np.load(FACE_SOURCE) as inputs:
+            face = cv2.resize(inputs["source"], (420, 420))
+    frames = []
+    for t in range(count):
+        frame = np.full((height, width, 3), 60, np.uint8)
+        if face is not None:
+            matrix = cv2.getRotationMatrix2D((210, 210), 8 * np.sin(t / 6), 1.0)
+            matrix[:, 2] += (20 * np.sin(t / 9), 10 * np.cos(t / 7))
+            frame[150:570, 430:850] = cv2.warpAffine(face, matrix, (420, 420), borderMode=cv2.BORDER_REFLECT)
+        frames.append(cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return frames
+
+
+def avatar_image() -> np.ndarray:
+    if FACE_SOURCE.exists():
+        with np.load(FACE_SOURCE) as inputs:
+            return cv2.resize(inputs["source"], (600, 600))
+    return np.full((600, 600, 3), 128, np.uint8)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def measure(name: str, precision: str, pipeline: str, model, device: torch.device, frames: list[bytes],
+            warmup: int) -> dict:
+    """Time one variant: model-only, then end to end.  ``pipeline`` is "cached" (ours) or the baseline."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    side = model.frame_size[0]
+    avatar = avatar_image()
+    detector = FaceDetector(long_range=False)
+    framer = DrivingFramer(detector, side)
+    square = Square(300, 280, 420)
+    paste_back = PasteBack(avatar, square, *CAMERA_SIZE)
+    avatar_crop = cv2.resize(avatar[70:490, 90:510], (side, side))
+    first_crop = framer(cv2.cvtColor(cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR),
+                                     cv2.COLOR_BGR2RGB), 0.0).crop
+    if pipeline == BASELINE:
+        baseline = OriginalStylePipeline(model, avatar_crop)
+        stages = {"model": lambda crop: baseline(crop)}
+        model_only = _baseline_model_only(model, avatar_crop, first_crop)
+    else:
+        animator = Animator(model, avatar_crop)
+        animator.calibrate(first_crop)
+        stages = {"keypoints": animator.detect, "render": animator.render}
+        model_only = _cached_model_only(model, avatar_crop, first_crop)
+
+    timer = StageTimer(device)
+    model_ms = []
+    for index in tqdm(range(warmup + len(frames)), desc=f"{name} {precision} {pipeline}: model only", leave=False):
+        begin = time.perf_counter()
+        timer.run("model", model_only, on_device=True)
+        timing = timer.collect()["model"] if device.type == "cuda" else (time.perf_counter() - begin) * 1e3
+        if index >= warmup:
+            model_ms.append(timing)
+
+    stage_ms: dict[str, list[float]] = {}
+    totals = []
+    sequence = frames[:warmup] + frames  # the warm-up replays the first frames
+    for index, encoded in enumerate(tqdm(sequence, desc=f"{name} {precision} {pipeline}: end to end", leave=False)):
+        begin = time.perf_counter()
+        bgr = timer.run("decode", cv2.imdecode, np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        crop = timer.run("framing", framer, rgb, index / 30).crop
+        if pipeline == BASELINE:
+            face = timer.run("model", stages["model"], crop, on_device=True)
+        else:
+            keypoints = timer.run("keypoints", stages["keypoints"], crop, on_device=True)
+            face = timer.run("render", stages["render"], keypoints, on_device=True)
+        output = timer.run("paste_back", paste_back, face)
+        timer.run("sink", cv2.cvtColor, output, cv2.COLOR_RGB2YUV_I420)
+        times = timer.collect()
+        total = (time.perf_counter() - begin) * 1e3
+        if index >= warmup:
+            totals.append(total)
+            for stage, value in times.items():
+                stage_ms.setdefault(stage, []).append(value)
+    detector.close()
+    model_summary, total_summary = summarize(model_ms), summarize(totals)
+    return {
+        "backend": name, "precision": precision, "pipeline": pipeline,
+        "model_only": {"fps": fps_of(model_summary), "ms": model_summary},
+        "end_to_end": {"fps": fps_of(total_summary), "ms": total_summary,
+                       "stages": {stage: summarize(values) for stage, values in stage_ms.items()}},
+        "peak_memory_mib": peak_memory_mib(device),
+        "speedup": None,
+    }
+
+
+def _cached_model_only(model, avatar_crop: np.ndarray, reference_crop: np.ndarray) -> Callable[[], torch.Tensor]:
+    """Our per-frame work on a device-resident frame: keypoints, motion transfer, render."""
+    device = model.device
+    state = model.encode_source(image_to_tensor(avatar_crop, model.frame_size, device, "avatar"))
+    frame = image_to_tensor(reference_crop, model.frame_size, device, "frame")
+    motion = make_motion_reference(state.motion.keypoints, model.detect_keypoints(frame), adapt_scale=True)
+    return lambda: model.render(state, transfer_motion(model.detect_keypoints(frame), motion, relative=True))
+
+
+def _baseline_model_only(model, avatar_crop: np.ndarray, reference_crop: np.ndarray) -> Callable[[], torch.Tensor]:
+    """The original demo's per-frame work on a device-resident frame (see OriginalStylePipeline)."""
+    pipeline = OriginalStylePipeline(model, avatar_crop)
+    frame = image_to_tensor(reference_crop, model.frame_size, model.device, "frame")
+    return lambda: pipeline.model_step(frame)
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    info = {"device": str(device), "device_name": f"CPU: {cpu}", "compute_capability": None, "driver": None,
+            "clocks": None, "device_memory_gib": None, "cpu": cpu, "cpu_cores": os.cpu_count()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(device_name=props.name, compute_capability=f"{props.major}.{props.minor}",
+                    device_memory_gib=round(props.total_memory / 2**30, 1))
+        info.update(_nvidia_smi(device.index or 0))
+    return info
+
+
+def _nvidia_smi(index: int) -> dict:
+    if not shutil.which("nvidia-smi"):
+        return {}
+    query = "driver_version,clocks.sm,clocks.mem,clocks.max.sm"
+    result = subprocess.run(["nvidia-smi", f"--id={index}", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return {}
+    driver, sm, memory, sm_max = (v.strip() for v in result.stdout.strip().split(","))
+    return {"driver": driver, "clocks": {"sm_mhz": int(sm), "memory_mhz": int(memory), "sm_max_mhz": int(sm_max)}}
+
+
+def software_info() -> dict:
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "tensorrt": version("tensorrt"), "onnxruntime": version("onnxruntime"), "opencv": cv2.__version__,
+            "mediapipe": version("mediapipe")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fps.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "vox-adv-256.yaml"))
+    parser.add_argument("--checkpoint", help="weights to load (default: the downloaded vox-adv-cpk.pth.tar)")
+    parser.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights, identical cost")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backends", default="all", help=f"comma-separated, from {sorted(BACKENDS)} (default: all)")
+    parser.add_argument("--frames", type=int, default=50, help="timed frames per measurement (default: 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default: 5)")
+    parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    parser.add_argument("--chart", type=Path, help="write the stage-latency chart (PNG) here")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two reports and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        print(compare_table(load_report(args.compare[0]), load_report(args.compare[1])))
+        return 0
+    names = sorted(BACKENDS) if args.backends == "all" else [b.strip() for b in args.backends.split(",")]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        print(f"error: unknown backends {unknown}; this version has {sorted(BACKENDS)}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    weights = "random" if args.random_weights else str(find_checkpoint(args.checkpoint))
+    checkpoint = None if args.random_weights else weights
+    frames = camera_frames(args.frames)
+
+    results = []
+    torch.manual_seed(0)
+    baseline_model = load_model(args.config, checkpoint, device=device, fold_batchnorm=False)
+    for network in (baseline_model.kp_detector, baseline_model.generator):  # the original's NCHW layout
+        network.to(memory_format=torch.contiguous_format)
+    results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, args.warmup))
+    del baseline_model
+    for name in names:
+        for precision in BACKENDS[name]:
+            torch.manual_seed(0)
+            model = load_model(args.config, checkpoint, device=device)
+            results.append(measure(name, precision, "cached", model, device, frames, args.warmup))
+    report = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/fps.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "machine": machine_info(device),
+        "software": software_info(),
+        "config": Path(args.config).name,
+        "weights": weights,
+        "frames": args.frames,
+        "warmup": args.warmup,
+        "results": attach_speedups(results),
+    }
+    table = markdown_table(report)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.chart:
+        save_chart(report, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

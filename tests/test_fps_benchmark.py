@@ -1,0 +1,108 @@
+"""The FPS benchmark: its report format, the baseline and the speed-up ratios, and a tiny run on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from benchmarks.fps import main as run_benchmark
+from benchmarks.fps_report import (
+    BASELINE,
+    SCHEMA,
+    attach_speedups,
+    compare_table,
+    fps_of,
+    load_report,
+    markdown_table,
+    summarize,
+)
+
+from .conftest import SMALL_PARITY_DIR
+from .live_media import REPO
+
+
+def result(pipeline: str, model_ms: float, e2e_ms: float, backend: str = "eager") -> dict:
+    def timing(ms: float) -> dict:
+        return {"p50": ms, "p95": ms, "p99": ms, "mean": ms}
+
+    stages = {"model": timing(model_ms)} if pipeline == BASELINE else {"keypoints": timing(1.0), "render": timing(model_ms - 1)}
+    return {"backend": backend, "precision": "float32", "pipeline": pipeline,
+            "model_only": {"fps": 1000 / model_ms, "ms": timing(model_ms)},
+            "end_to_end": {"fps": 1000 / e2e_ms, "ms": timing(e2e_ms), "stages": {"decode": timing(2.0), **stages}},
+            "peak_memory_mib": 100.0, "speedup": None}
+
+
+def report(results: list[dict], device_name: str = "Test GPU") -> dict:
+    return {"schema": SCHEMA, "created": "2026-11-30T00:00:00+00:00", "command": "python benchmarks/fps.py",
+            "machine": {"device": "cuda:0", "device_name": device_name, "compute_capability": "9.0"},
+            "software": {"torch": "2.13.0"}, "config": "vox-adv-256.yaml", "weights": "random", "frames": 10,
+            "warmup": 2, "results": results}
+
+
+def test_summary_percentiles_and_fps():
+    summary = summarize([float(v) for v in range(1, 101)])
+    assert summary["p50"] == pytest.approx(50.5) and summary["p95"] == pytest.approx(95.05)
+    assert summary["p99"] == pytest.approx(99.01) and summary["mean"] == pytest.approx(50.5)
+    assert fps_of({"mean": 40.0}) == 25.0
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_speedups_are_fps_ratios_against_the_one_baseline():
+    results = attach_speedups([result(BASELINE, 100.0, 125.0), result("cached", 40.0, 50.0)])
+    assert results[0]["speedup"] is None
+    assert results[1]["speedup"] == {"model_only": pytest.approx(2.5), "end_to_end": pytest.approx(2.5)}
+    with pytest.raises(ValueError, match="exactly one"):
+        attach_speedups([result("cached", 40.0, 50.0)])
+
+
+def test_markdown_table_has_a_row_per_variant():
+    table = markdown_table(report(attach_speedups([result(BASELINE, 100.0, 125.0), result("cached", 40.0, 50.0)])))
+    lines = table.splitlines()
+    assert lines[0].startswith("**Test GPU (sm 9.0)**")
+    assert "| variant | model-only FPS | end-to-end FPS |" in table
+    assert "| eager float32 (uncached original) | 10.00 | 8.00 | baseline |" in table
+    assert "| eager float32 | 25.00 | 20.00 | 2.50x / 2.50x |" in table
+    assert len([line for line in lines if line.startswith("| eager")]) == 2
+
+
+def test_compare_shows_two_machines_side_by_side(tmp_path):
+    first = report(attach_speedups([result(BASELINE, 100.0, 125.0), result("cached", 40.0, 50.0)]), "GPU A")
+    second = copy.deepcopy(first)
+    second["machine"]["device_name"] = "GPU B"
+    second["results"][1]["model_only"]["fps"] = 50.0
+    table = compare_table(first, second)
+    assert table.startswith("A: GPU A") and "B: GPU B" in table
+    assert "| eager float32 | 25.00 | 50.00 | 2.00x |" in table
+    (tmp_path / "bad.json").write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(ValueError, match="expected a fomm-live-fps/1 report"):
+        load_report(tmp_path / "bad.json")
+
+
+def test_tiny_run_on_the_cpu_writes_every_output(tmp_path, capsys):
+    paths = {"json": tmp_path / "cpu.json", "markdown": tmp_path / "cpu.md", "chart": tmp_path / "cpu.png"}
+    code = run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--frames", "3", "--warmup", "1", *(f"--{k}={v}" for k, v in paths.items())])
+    assert code == 0
+    data = load_report(paths["json"])
+    assert data["machine"]["device"] == "cpu" and data["weights"] == "random" and data["frames"] == 3
+    assert {"python", "torch", "cuda", "tensorrt", "onnxruntime", "opencv", "mediapipe"} <= set(data["software"])
+    baseline, ours = data["results"]
+    assert baseline["pipeline"] == BASELINE and ours["pipeline"] == "cached"
+    assert set(ours["end_to_end"]["stages"]) == {"decode", "framing", "keypoints", "render", "paste_back", "sink"}
+    assert set(baseline["end_to_end"]["stages"]) == {"decode", "framing", "model", "paste_back", "sink"}
+    for part in ("model_only", "end_to_end"):
+        assert ours["speedup"][part] == pytest.approx(ours[part]["fps"] / baseline[part]["fps"])
+        assert ours[part]["fps"] == pytest.approx(1000 / ours[part]["ms"]["mean"])
+    assert ours["peak_memory_mib"] > 0
+    assert paths["markdown"].read_text().strip() == capsys.readouterr().out.strip()
+    chart = cv2.imread(str(paths["chart"]))
+    assert chart is not None and chart.shape[1] > 600
+    compared = subprocess.run([sys.executable, str(REPO / "run_live.py"), "--benchmark", "--compare", str(paths["json"]),
+                               str(paths["json"])], capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0 and "| eager float32 |" in compared.stdout and "1.00x" in compared.stdout
