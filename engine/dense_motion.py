@@ -92,7 +92,7 @@ class DenseMotionNetwork(nn.Module):
         grid = make_coordinate_grid(height, width, source.image.dtype, source.image.device)
 
         heatmaps = gaussian_heatmaps(driving.value, grid, self.config.kp_variance) - source.heatmaps
-        heatmaps = torch.cat([torch.zeros_like(heatmaps[:, :1]), heatmaps], dim=1)  # background: no heatmap
+        heatmaps = torch.cat([heatmaps.new_zeros((batch, 1, height, width)), heatmaps], dim=1)  # background: none
 
         motions = self.sparse_motions(source.keypoints, driving, grid)  # Bx(K+1)xhxwx2
         images = source.image.unsqueeze(1).expand(batch, num_kp + 1, channels, height, width)

@@ -1,0 +1,110 @@
+"""Are the per-frame graphs convertible by torch-tensorrt?  Checked against its own converter registry.
+
+torch-tensorrt registers each converter with the ``@dynamo_tensorrt_converter(<op>)``
+decorator in ``torch_tensorrt/dynamo/conversion/``.  The wheel installs only
+where TensorRT's libraries do, but its Python source can be read anywhere:
+this module reads the decorators out of the wheel (``pip download --no-deps
+torch-tensorrt``) and checks every core-ATen op of the exported per-frame
+graphs against them.
+
+    python -m engine.tensorrt_ops                      # downloads the wheel matching torch, checks vox-adv-256
+    python -m engine.tensorrt_ops --wheel torch_tensorrt-2.13.0-*.whl --config configs/vox-256.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+CONVERSION_PACKAGE = "torch_tensorrt/dynamo/conversion/"
+DECORATOR = "dynamo_tensorrt_converter"
+
+
+def converter_registry(wheel: Path) -> set[str]:
+    """Every op torch-tensorrt registers a converter for, as written in the decorators.
+
+    e.g. "torch.ops.aten.convolution.default", "torch.ops.aten.grid_sampler" (an
+    overload packet: all its overloads), "operator.getitem".
+    """
+    registered = set()
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if not (name.startswith(CONVERSION_PACKAGE) and name.endswith(".py")):
+                continue
+            for node in ast.walk(ast.parse(archive.read(name))):
+                if isinstance(node, ast.Call) and _called_name(node.func) == DECORATOR:
+                    key = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "key"), None)
+                    if key is not None:
+                        registered.add(ast.unparse(key))
+    if not registered:
+        raise ValueError(f"{wheel}: no {DECORATOR} decorators under {CONVERSION_PACKAGE}; is this a torch-tensorrt wheel?")
+    return registered
+
+
+def _called_name(function: ast.expr) -> str | None:
+    if isinstance(function, ast.Name):
+        return function.id
+    if isinstance(function, ast.Attribute):
+        return function.attr
+    return None
+
+
+def unconvertible(targets: set[str], registry: set[str]) -> list[str]:
+    """The targets (as :func:`engine.export.aten_targets` names them) with no registered converter."""
+    missing = []
+    for target in sorted(targets):
+        if target == "<built-in function getitem>":
+            candidates = {"operator.getitem"}
+        else:
+            namespace, op, *overload = target.split(".")
+            candidates = {f"torch.ops.{target}", f"torch.ops.{namespace}.{op}"}
+        if not candidates & registry:
+            missing.append(target)
+    return missing
+
+
+def download_wheel(directory: Path) -> Path:
+    """``pip download --no-deps`` the torch-tensorrt release built for the installed torch's major.minor."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d",
+               str(directory), f"torch-tensorrt=={major}.{minor}.*"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(directory.glob("torch_tensorrt-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise RuntimeError(f"could not download torch-tensorrt {major}.{minor}: {result.stderr.strip()[-500:]}")
+    return wheels[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .export import aten_targets, export_per_frame
+    from .model import load_model
+
+    parser = argparse.ArgumentParser(prog="python -m engine.tensorrt_ops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wheel", type=Path, help="a torch-tensorrt wheel (default: download the one matching torch)")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "vox-adv-256.yaml"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as directory:
+        wheel = args.wheel or download_wheel(Path(directory))
+        registry = converter_registry(wheel)
+        programs = export_per_frame(load_model(args.config, None))
+        print(f"{wheel.name}: {len(registry)} converters")
+        failed = False
+        for name, program in programs._asdict().items():
+            targets = aten_targets(program)
+            missing = unconvertible(targets, registry)
+            failed |= bool(missing)
+            print(f"{name}: {len(targets)} core ATen ops, " + (f"NO CONVERTER for {missing}" if missing else "all convertible"))
+            print("  " + ", ".join(sorted(targets)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
