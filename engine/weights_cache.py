@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import read_safetensors
-from .errors import CheckpointError
 from .config import ModelConfig
+from .errors import CheckpointError
 
 FORMAT_VERSION = "1"
 

@@ -31,16 +31,18 @@ def run_live(args: argparse.Namespace) -> int:
             raise AvatarError("no avatar: pass --source IMAGE or --source FOLDER")
         library = AvatarLibrary(args.source)
         source = OpenCVSource(parse_camera(args.camera))
+        preview = None if args.no_preview else PreviewWindow()
         model = load_model(args.config, checkpoint, device=args.device)
-    except (EngineError, AvatarError, CameraError) as error:
+        status.event(_startup_report(model, args.device))
+        width, height = args.output_size or ((model.frame_size[1], model.frame_size[0]) if args.square else (1280, 720))
+        processor = FrameProcessor(model, library, status, (width, height), square=args.square,
+                                   relative=args.relative, adapt_scale=args.adapt_scale, movement=args.movement,
+                                   smoothing=args.smoothing)
+    except (EngineError, AvatarError, CameraError, SinkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    status.event(_startup_report(model, args.device))
     offline = source.is_file and args.no_preview
-    width, height = args.output_size or ((model.frame_size[1], model.frame_size[0]) if args.square else (1280, 720))
-    processor = FrameProcessor(model, library, status, (width, height), square=args.square, relative=args.relative,
-                               adapt_scale=args.adapt_scale, movement=args.movement, smoothing=args.smoothing)
-    sinks, preview = [], None
+    sinks = []
     if args.output:
         sinks.append(VideoFile(args.output, width, height, fps=_file_fps(source),
                                audio_from=str(args.camera) if source.is_file else None))
@@ -51,12 +53,6 @@ def run_live(args: argparse.Namespace) -> int:
             status.event(f"streaming to {sinks[-1].name}")
         except SinkError as error:
             status.set("virtual camera", str(error))
-    if not args.no_preview:
-        try:
-            preview = PreviewWindow()
-        except SinkError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
     commands: queue.Queue = queue.Queue()
     listener = start_global_hotkeys(commands, status) if args.global_hotkeys else None
     state = LiveState(avatar_count=len(library), relative=args.relative, movement=args.movement,

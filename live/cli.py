@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="relative motion: move the avatar by your motion since calibration (default: on)")
     live.add_argument("--adapt_scale", action=argparse.BooleanOptionalAction, default=True,
                       help="scale the motion by the ratio of face sizes (default: on)")
-    live.add_argument("--movement", type=float, default=1.0, help="movement multiplier (default: 1)")
-    live.add_argument("--smoothing", type=float, default=0.0, help="keypoint smoothing in [0, 1) (default: 0)")
+    live.add_argument("--movement", type=_in_range(0.0, 3.0), default=1.0, help="movement multiplier, 0 to 3 (default: 1)")
+    live.add_argument("--smoothing", type=_in_range(0.0, 0.9), default=0.0,
+                      help="keypoint smoothing, 0 (none) to 0.9 (default: 0)")
     live.add_argument("--output-size", type=_size, metavar="WxH",
                       help="output frame size (default: 1280x720, or the model's 256x256 with --square)")
     live.add_argument("--square", action="store_true", help="send the bare animated square instead of pasting it "
@@ -88,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{failed} problem(s) found." if failed else "\nAll set.")
         return 1 if failed else 0
     return run_live(args)
+
+
+def _in_range(low: float, high: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {value:g}")
+        return value
+
+    return parse
 
 
 def _size(text: str) -> tuple[int, int]:

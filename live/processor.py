@@ -10,8 +10,8 @@ import numpy as np
 
 from engine import Animator, EngineError, FirstOrderModel
 
-from .avatars import Avatar, AvatarLibrary
-from .framing import FaceDetector, DrivingFramer
+from .avatars import Avatar, AvatarError, AvatarLibrary
+from .framing import DrivingFramer, FaceDetector
 from .hotkeys import LiveState, Request
 from .pasteback import PasteBack, cover
 from .pose_match import BestReferenceSearch, FaceLandmarks
@@ -54,7 +54,7 @@ class FrameProcessor:
         self._landmarks: FaceLandmarks | None = None
         self._search: BestReferenceSearch | None = None
         self._last_frame: np.ndarray | None = None
-        self._last_crop: np.ndarray | None = None
+        self._unloadable = -1  # an avatar index that failed to load, not retried every frame
         self.select_avatar(0)
 
     def select_avatar(self, index: int) -> None:
@@ -64,7 +64,7 @@ class FrameProcessor:
             self.animator = Animator(self.model, avatar.framed.crop, **self.settings)
         else:
             self.animator.set_source(avatar.framed.crop)
-        self.avatar, self.avatar_index = avatar, index
+        self.avatar, self.avatar_index, self._unloadable = avatar, index, -1
         width, height = self.output_size
         self.paste_back = None if self.square else PasteBack(avatar.photo, avatar.framed.square, width, height)
         if avatar.framed.face_found:
@@ -101,13 +101,17 @@ class FrameProcessor:
 
     def process(self, frame: np.ndarray, state: LiveState) -> Processed:
         """One camera frame (HxWx3 uint8 RGB) -> the output frame and the preview inset."""
-        if state.avatar_index != self.avatar_index:
-            self.select_avatar(state.avatar_index)
+        if state.avatar_index not in (self.avatar_index, self._unloadable):
+            try:
+                self.select_avatar(state.avatar_index)
+            except AvatarError as error:  # keep animating the current avatar; say why the other one is not shown
+                self._unloadable = state.avatar_index
+                self.status.set("avatar", f"{error}; still showing {self.avatar.name}")
         self._apply_settings(state)
         timings = {}
         start = time.perf_counter()
         framed = self.framer(frame, time.monotonic())
-        self._last_frame, self._last_crop = frame, framed.crop
+        self._last_frame = frame
         if framed.face_found:
             self.status.clear("face", "face found again")
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import signal
 import subprocess
@@ -12,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from live.avatars import AvatarLibrary
+from live.hotkeys import LiveState
+from live.processor import FrameProcessor
 from live.sinks import loopback_devices
+from live.status import StatusBoard
 
 from .live_media import (
     MODEL_ARGS,
@@ -136,3 +142,19 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path):
     assert "interrupted: shutting down" in stderr and "Traceback" not in stderr
     written = read_video(out)
     assert 0 < len(written) < 600
+
+
+def test_an_avatar_that_cannot_be_read_keeps_the_current_one(tmp_path, small_model):
+    write_avatar(tmp_path / "1-good.png")
+    (tmp_path / "2-broken.png").write_bytes(b"not an image")
+    log = io.StringIO()
+    status = StatusBoard(log=log)
+    processor = FrameProcessor(small_model, AvatarLibrary(tmp_path), status, (640, 360))
+    frame = driving_frames(1)[0]
+    state = LiveState(avatar_count=2)
+    first = processor.process(frame, state).output
+    switched = processor.process(frame, dataclasses.replace(state, avatar_index=1))
+    assert switched.output.shape == first.shape == (360, 640, 3)
+    assert processor.avatar.name == "1-good.png"
+    assert any("cannot read avatar image" in m and "still showing 1-good.png" in m for m in status.conditions())
+    processor.close()
