@@ -1,6 +1,6 @@
 """Per-frame time of engine.Animator against the original-style uncached pipeline, side by side.
 
-    python benchmarks/animator_vs_uncached.py --config configs/vox-256.yaml --frames 20
+    python benchmarks/animator_vs_uncached.py --config configs/vox-256.yaml --frames 20 [--backend onnxruntime]
 
 Both run on the same random weights, the same source and the same driving
 frames (uint8 in, uint8 out), alternating frame by frame so that drift in the
@@ -42,6 +42,7 @@ def machine_description() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/vox-256.yaml")
+    parser.add_argument("--backend", default="eager", help="the Animator's backend (default: eager)")
     parser.add_argument("--frames", type=int, default=20, help="timed frames per pipeline")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -52,7 +53,7 @@ def main() -> None:
     for network in (original.kp_detector, original.generator):  # the original's NCHW layout
         network.to(memory_format=torch.contiguous_format)
     torch.manual_seed(0)
-    ours = load_model(args.config, None, fold_batchnorm=True)
+    ours = load_model(args.config, None, fold_batchnorm=True, backend=args.backend)
     height, width = ours.frame_size
     rng = np.random.default_rng(0)
     source = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -76,6 +77,7 @@ def main() -> None:
     result = {
         "machine": machine_description(),
         "config": args.config,
+        "backend": args.backend,
         "frames": args.frames,
         "animator_ms_median": statistics.median(ours_ms),
         "uncached_ms_median": statistics.median(original_ms),
@@ -86,7 +88,7 @@ def main() -> None:
     }
     print(f"machine: {result['machine']}")
     print(f"config {args.config}, random weights, {args.frames} frames after {args.warmup} warm-up")
-    print(f"Animator (cached source, folded BatchNorm): {result['animator_ms_median']:8.1f} ms/frame (median)")
+    print(f"Animator ({args.backend} backend):           {result['animator_ms_median']:8.1f} ms/frame (median)")
     print(f"original-style uncached pipeline:           {result['uncached_ms_median']:8.1f} ms/frame (median)")
     print(f"speed-up, median of per-frame ratios: {result['speedup_median']:.2f}x "
           f"(min {result['speedup_min']:.2f}x, max {result['speedup_max']:.2f}x)")

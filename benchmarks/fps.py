@@ -4,7 +4,7 @@
     python run_live.py --benchmark --random-weights --frames 20
     python benchmarks/fps.py --compare a.json b.json
 
-For every available backend and precision (this version has eager float32),
+For every usable backend and precision (eager, compile, onnxruntime, tensorrt),
 and for the uncached original-style pipeline as the baseline, in the same run:
 
 - model-only: keypoints + render of one 256x256 frame (batch 1), on the device;
@@ -58,6 +58,7 @@ from benchmarks.fps_report import (  # noqa: E402
 )
 from benchmarks.original_pipeline import OriginalStylePipeline  # noqa: E402
 from engine import Animator, load_model  # noqa: E402
+from engine.backends import BACKENDS, BackendUnavailable, backend_class  # noqa: E402
 from engine.images import image_to_tensor  # noqa: E402
 from engine.motion import make_motion_reference, transfer_motion  # noqa: E402
 from engine.weights import find_checkpoint  # noqa: E402
@@ -66,7 +67,6 @@ from live.pasteback import PasteBack  # noqa: E402
 
 CAMERA_SIZE = (1280, 720)
 FACE_SOURCE = REPO / "tests" / "fixtures" / "fomm-parity-small" / "inputs.npz"
-BACKENDS = {"eager": ("float32",)}  # backend -> precisions it offers on this version
 
 
 class StageTimer:
@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="weights to load (default: the downloaded vox-adv-cpk.pth.tar)")
     parser.add_argument("--random-weights", action="store_true", help="no checkpoint: random weights, identical cost")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backends", default="all", help=f"comma-separated, from {sorted(BACKENDS)} (default: all)")
+    parser.add_argument("--backends", default="all",
+                        help=f"comma-separated, from {sorted(BACKENDS)} (default: every one usable here)")
     parser.add_argument("--frames", type=int, default=50, help="timed frames per measurement (default: 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default: 5)")
     parser.add_argument("--json", type=Path, help="write the report here")
@@ -295,9 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, args.warmup))
     del baseline_model
     for name in names:
-        for precision in BACKENDS[name]:
+        backend = backend_class(name)
+        reason = backend.unavailable_reason(device)
+        if reason:
+            print(f"skipping backend {name}: {reason}", file=sys.stderr)
+            continue
+        for precision in backend.precisions[device.type]:
             torch.manual_seed(0)
-            model = load_model(args.config, checkpoint, device=device)
+            try:
+                model = load_model(args.config, checkpoint, device=device, backend=name, precision=precision)
+            except BackendUnavailable as error:
+                print(f"skipping backend {name} {precision}: {error}", file=sys.stderr)
+                continue
             results.append(measure(name, precision, "cached", model, device, frames, args.warmup))
     report = {
         "schema": SCHEMA,

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .backends import Backend, select_backend
 from .checkpoint import load_weights_strictly, read_checkpoint
 from .config import ModelConfig
 from .generator import Generator, SourceState
@@ -46,6 +47,12 @@ class FirstOrderModel:
         self.kp_detector = kp_detector.eval().requires_grad_(False)
         self.generator = generator.eval().requires_grad_(False)
         self.render_step = RenderStep(self.generator).eval()
+        self.backend: Backend | None = None  # set by load_model; eager float32 until then
+
+    def use_backend(self, name: str = "eager", precision: str | None = None) -> Backend:
+        """Run the per-frame computation on backend ``name`` ("auto": the fastest that works here)."""
+        self.backend = select_backend(self, name, precision)
+        return self.backend
 
     @property
     def device(self) -> torch.device:
@@ -56,20 +63,35 @@ class FirstOrderModel:
         """(height, width) of the source and driving images."""
         return self.config.frame_size
 
-    @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
-        """Bx3xHxW -> Keypoints (BxKx2 in [-1, 1], BxKx2x2)."""
-        return self.kp_detector(frames)
+        """Bx3xHxW -> float32 Keypoints (BxKx2 in [-1, 1], BxKx2x2), on the backend."""
+        return self.backend.detect_keypoints(frames)
 
     @torch.inference_mode()
     def encode_source(self, source: torch.Tensor) -> SourceState:
-        """1x3xHxW avatar -> the state the per-frame path renders from (keypoints included)."""
-        return self.generator.encode_source(source, self.kp_detector(source))
+        """1x3xHxW avatar -> the float32 state the per-frame path renders from (keypoints included).
 
-    @torch.inference_mode()
+        Encoding runs once per avatar, in eager float32; the backend converts the state to its own form
+        on the first frame rendered from it.
+        """
+        return self.generator.encode_source(source, self.backend.detect_keypoints(source))
+
     def render(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
-        """Cached source + normalised driving keypoints (batch B) -> Bx3xHxW."""
-        return self.render_step(source, driving)
+        """Cached source (from :meth:`encode_source`) + normalised driving keypoints (batch B) -> Bx3xHxW float32."""
+        return self.backend.render(source, driving)
+
+    def describe(self) -> str:
+        """One start-up line: the device (GPU name, compute capability, memory), backend and precision."""
+        device = self.device
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            where = f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
+        else:
+            where = "the CPU"
+        line = f"{self.config.name} on {where}: backend {self.backend.name}, {self.backend.precision}"
+        if device.type == "cpu":
+            line += " -- WARNING: no GPU in use, expect about 1 frame per second (see run_live.py --doctor)"
+        return line
 
     def to(self, device: str | torch.device) -> "FirstOrderModel":
         """Move both networks to ``device``, convolution weights in channels-last layout.
@@ -101,6 +123,8 @@ def load_model(
     align_corners: bool = True,
     fold_batchnorm: bool = True,
     weights_cache: bool = True,
+    backend: str = "eager",
+    precision: str | None = None,
 ) -> FirstOrderModel:
     """Build the networks of ``config`` and load ``checkpoint`` into them.
 
@@ -115,6 +139,9 @@ def load_model(
     BatchNorm into the preceding convolutions after loading.  weights_cache:
     read a ``.pth.tar`` from its safetensors copy in the cache (see
     :mod:`engine.weights_cache`), making that copy on the first load.
+    backend: "eager", "compile", "onnxruntime", "tensorrt", or "auto" for the
+    fastest that works here (see :mod:`engine.backends`); precision:
+    "float32", "float16" or "bfloat16", None for the backend's default.
     """
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_yaml(config)
@@ -135,4 +162,5 @@ def load_model(
     if fold_batchnorm:
         model.fold_batchnorm()
     model.to(device)
+    model.use_backend(backend, precision)
     return model

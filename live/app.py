@@ -6,8 +6,6 @@ import argparse
 import queue
 import sys
 
-import torch
-
 from engine import EngineError, load_model
 from engine.weights import find_checkpoint
 
@@ -32,8 +30,8 @@ def run_live(args: argparse.Namespace) -> int:
         library = AvatarLibrary(args.source)
         source = OpenCVSource(parse_camera(args.camera))
         preview = None if args.no_preview else PreviewWindow()
-        model = load_model(args.config, checkpoint, device=args.device)
-        status.event(_startup_report(model, args.device))
+        model = load_model(args.config, checkpoint, device=args.device, backend=args.backend, precision=args.precision)
+        status.event(model.describe())
         width, height = args.output_size or ((model.frame_size[1], model.frame_size[0]) if args.square else (1280, 720))
         processor = FrameProcessor(model, library, status, (width, height), square=args.square,
                                    relative=args.relative, adapt_scale=args.adapt_scale, movement=args.movement,
@@ -65,16 +63,6 @@ def run_live(args: argparse.Namespace) -> int:
         if listener is not None:
             listener.stop()
         status.event(f"done: {pipeline.frames_sent} frames sent")
-
-
-def _startup_report(model, device: str) -> str:
-    """One line: device, backend, precision; a loud warning on the CPU."""
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(device))
-        where = f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
-        return f"model {model.config.name} on {where}: backend eager, float32"
-    return (f"model {model.config.name} on the CPU: backend eager, float32 -- WARNING: no GPU in use, expect about "
-            "1 frame per second (see run_live.py --doctor)")
 
 
 def _file_fps(source: OpenCVSource) -> float:

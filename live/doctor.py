@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from engine.backends import BACKENDS, backend_class
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
 
 V4L2LOOPBACK_FIX = (
@@ -119,12 +120,17 @@ def check_torch_device() -> Iterator[Finding]:
 
 
 def check_backends() -> Iterator[Finding]:
-    """The inference backends this version has, per device: eager PyTorch."""
-    yield Finding("OK", "backend eager (cpu)", "usable, float32")
-    if torch.cuda.is_available():
-        yield Finding("OK", "backend eager (cuda)", "usable, float32")
-    else:
-        yield Finding("WARN", "backend eager (cuda)", "not usable: no CUDA device", "see the gpu line")
+    """Every inference backend on every device here: usable, or why not (quick checks, nothing is built)."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for name in BACKENDS:
+        backend = backend_class(name)
+        for device in devices:
+            reason = backend.unavailable_reason(device)
+            if reason is None:
+                yield Finding("OK", f"backend {name} ({device.type})", f"usable: {', '.join(backend.precisions[device.type])}")
+            elif device.type in backend.precisions or len(devices) == 1:
+                yield Finding("WARN", f"backend {name} ({device.type})", f"not usable: {reason}",
+                              "optional; run_live.py picks the fastest usable backend by itself")
 
 
 def check_cache() -> Iterator[Finding]:

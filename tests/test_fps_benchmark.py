@@ -84,23 +84,27 @@ def test_compare_shows_two_machines_side_by_side(tmp_path):
         load_report(tmp_path / "bad.json")
 
 
-def test_tiny_run_on_the_cpu_writes_every_output(tmp_path, capsys):
+def test_tiny_run_on_the_cpu_writes_every_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
     paths = {"json": tmp_path / "cpu.json", "markdown": tmp_path / "cpu.md", "chart": tmp_path / "cpu.png"}
     code = run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
-                          "--frames", "3", "--warmup", "1", *(f"--{k}={v}" for k, v in paths.items())])
+                          "--backends", "eager,onnxruntime,tensorrt", "--frames", "3", "--warmup", "1",
+                          *(f"--{k}={v}" for k, v in paths.items())])
     assert code == 0
     data = load_report(paths["json"])
     assert data["machine"]["device"] == "cpu" and data["weights"] == "random" and data["frames"] == 3
     assert {"python", "torch", "cuda", "tensorrt", "onnxruntime", "opencv", "mediapipe"} <= set(data["software"])
-    baseline, ours = data["results"]
-    assert baseline["pipeline"] == BASELINE and ours["pipeline"] == "cached"
+    baseline, ours, onnx = data["results"]  # tensorrt cannot run on the CPU: skipped, said on stderr
+    assert baseline["pipeline"] == BASELINE and ours["pipeline"] == onnx["pipeline"] == "cached"
+    assert (ours["backend"], onnx["backend"]) == ("eager", "onnxruntime")
+    assert "skipping backend tensorrt: runs only on cuda" in capsys.readouterr().err
     assert set(ours["end_to_end"]["stages"]) == {"decode", "framing", "keypoints", "render", "paste_back", "sink"}
     assert set(baseline["end_to_end"]["stages"]) == {"decode", "framing", "model", "paste_back", "sink"}
     for part in ("model_only", "end_to_end"):
         assert ours["speedup"][part] == pytest.approx(ours[part]["fps"] / baseline[part]["fps"])
         assert ours[part]["fps"] == pytest.approx(1000 / ours[part]["ms"]["mean"])
     assert ours["peak_memory_mib"] > 0
-    assert paths["markdown"].read_text().strip() == capsys.readouterr().out.strip()
+    assert "| onnxruntime float32 |" in paths["markdown"].read_text()
     chart = cv2.imread(str(paths["chart"]))
     assert chart is not None and chart.shape[1] > 600
     compared = subprocess.run([sys.executable, str(REPO / "run_live.py"), "--benchmark", "--compare", str(paths["json"]),

@@ -1,0 +1,66 @@
+"""Inference backends for the per-frame computation, one file each behind :class:`base.Backend`.
+
+    eager        PyTorch as is: float32 anywhere; float16 / bfloat16 on CUDA
+    compile      torch.compile (Inductor); CUDA graphs on CUDA
+    onnxruntime  ONNX (opset 17) run by ONNX Runtime: TensorRT, CUDA or CPU provider
+    tensorrt     torch-tensorrt (dynamo path), float16, static shapes; CUDA only
+
+``auto`` tries them fastest first and falls back, saying why, when one cannot
+run (see AUTO_ORDER).  Backend modules are imported only when chosen, so a missing optional
+library costs nothing until it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import EngineError
+from .base import Backend, BackendUnavailable
+
+if TYPE_CHECKING:
+    from ..model import FirstOrderModel
+
+BACKENDS = {  # name -> (module, class)
+    "eager": ("eager", "EagerBackend"),
+    "compile": ("compiled", "CompileBackend"),
+    "onnxruntime": ("onnxruntime", "OnnxRuntimeBackend"),
+    "tensorrt": ("tensorrt", "TensorRTBackend"),
+}
+AUTO_ORDER = {  # fastest first (benchmarks/RESULTS.md)
+    "cuda": ("tensorrt", "compile", "onnxruntime", "eager"),
+    # On the CPU, torch.compile takes minutes to build for about 10% over eager: auto leaves it out.
+    "cpu": ("onnxruntime", "eager"),
+}
+
+__all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "BackendUnavailable", "backend_class", "select_backend"]
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        raise EngineError(f"unknown backend {name!r}; expected 'auto' or one of {sorted(BACKENDS)}")
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
+
+
+def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str | None = None,
+                   log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Backend:
+    """Build backend ``name`` for ``model`` (``auto``: the fastest that works here, each failure logged).
+
+    Raises :class:`BackendUnavailable` when the named backend (or, for auto, every backend) cannot run,
+    and :class:`EngineError` for an unknown name or precision.
+    """
+    device = model.device
+    if name != "auto":
+        backend = backend_class(name)
+        return backend(model, backend.check(device, precision))
+    reasons = []
+    for candidate in AUTO_ORDER.get(device.type, ("eager",)):
+        backend = backend_class(candidate)
+        try:
+            return backend(model, backend.check(device, precision))
+        except BackendUnavailable as error:
+            reasons.append(f"{candidate}: {error}")
+            log(f"backend {candidate} cannot run here ({error}); trying the next")
+    raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))

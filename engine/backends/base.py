@@ -1,0 +1,110 @@
+"""The interface every inference backend implements, and what they share.
+
+A backend runs the per-frame computation: the keypoint detector on driving
+frames, and the render step from the cached source state.  Encoding the
+source stays in eager PyTorch (once per avatar); :meth:`Backend.prepare_source`
+converts its result once, on the first frame rendered from it, into whatever
+the backend consumes.  Inputs and
+outputs are float32 torch tensors on the model's device whatever the
+backend's internal precision, so callers never branch on the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from ..errors import EngineError
+from ..generator import SourceState
+from ..motion import Keypoints
+
+if TYPE_CHECKING:
+    from ..model import FirstOrderModel
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class BackendUnavailable(EngineError):
+    """The backend cannot run here: a library is missing, the device is wrong, or building it failed."""
+
+
+class Backend(ABC):
+    """name: as given to ``load_model(backend=...)``; precisions: what it offers per device type."""
+
+    name: ClassVar[str]
+    precisions: ClassVar[dict[str, tuple[str, ...]]]  # device type ("cpu", "cuda") -> precisions, default first
+
+    def __init__(self, model: "FirstOrderModel", precision: str):
+        self.model = model
+        self.precision = precision
+        self.dtype = DTYPES[precision]
+        self._source: SourceState | None = None
+        self._prepared: object = None
+
+    @classmethod
+    def check(cls, device: torch.device, precision: str | None) -> str:
+        """The precision to use (the default if None); raises BackendUnavailable for an impossible combination."""
+        offered = cls.precisions.get(device.type, ())
+        if not offered:
+            raise BackendUnavailable(f"backend {cls.name!r} does not run on {device.type}")
+        if precision is None:
+            return offered[0]
+        if precision not in DTYPES:
+            raise BackendUnavailable(f"unknown precision {precision!r}; expected one of {sorted(DTYPES)}")
+        if precision not in offered:
+            raise BackendUnavailable(f"backend {cls.name!r} on {device.type} offers {list(offered)}, not {precision!r}")
+        return precision
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        """Why this backend cannot run on ``device`` (a quick check that builds nothing), or None if it can."""
+        if device.type not in cls.precisions:
+            return f"runs only on {', '.join(cls.precisions)}"
+        return None
+
+    @abstractmethod
+    def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
+        """Bx3xHxW float32 in [0, 1] -> float32 Keypoints (BxKx2, BxKx2x2)."""
+
+    def render(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
+        """A float32 source state + float32 driving keypoints -> Bx3xHxW float32 in [0, 1].
+
+        The source is converted to the backend's form (:meth:`prepare_source`) once, when a new one arrives.
+        """
+        if source is not self._source:
+            self._prepared, self._source = self.prepare_source(source), source
+        return self.render_prepared(self._prepared, driving)
+
+    @abstractmethod
+    def render_prepared(self, source: object, driving: Keypoints) -> torch.Tensor:
+        """:meth:`render` from a source already in the backend's form."""
+
+    def prepare_source(self, source: SourceState) -> object:
+        """Convert a float32 source state, once per avatar, into what :meth:`render_prepared` takes."""
+        return source
+
+
+def cast_keypoints(keypoints: Keypoints, dtype: torch.dtype) -> Keypoints:
+    return Keypoints(keypoints.value.to(dtype), keypoints.jacobian.to(dtype))
+
+
+def cast_source(source: SourceState, dtype: torch.dtype) -> SourceState:
+    motion = source.motion
+    return SourceState(
+        features=source.features.to(dtype),
+        motion=motion._replace(image=motion.image.to(dtype), heatmaps=motion.heatmaps.to(dtype),
+                               keypoints=cast_keypoints(motion.keypoints, dtype)),
+    )
+
+
+def weights_fingerprint(model: "FirstOrderModel") -> str:
+    """sha256 of every parameter and buffer (after folding): compiled artifacts are only reused for these weights."""
+    digest = hashlib.sha256()
+    for network in (model.kp_detector, model.generator):
+        for name, tensor in network.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,68 @@
+"""torch.compile (Inductor) of the per-frame modules; on CUDA with CUDA graphs ("reduce-overhead").
+
+Compilation happens when the backend is built (one warm-up frame through each
+module), so that a failure shows at start-up, where ``auto`` can fall back,
+and not on the first live frame.  Each module is compiled whole
+(``fullgraph=True``): a graph break is an error, not a silent slowdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import torch
+
+from ..generator import SourceState
+from ..motion import Keypoints
+from .base import Backend, BackendUnavailable, cast_keypoints, cast_source
+
+
+class CompileBackend(Backend):
+    name = "compile"
+    precisions = {"cpu": ("float32",), "cuda": ("float32", "float16", "bfloat16")}
+
+    def __init__(self, model, precision: str):
+        super().__init__(model, precision)
+        kp_detector, render_step = model.kp_detector, model.render_step
+        if self.dtype != torch.float32:
+            kp_detector, render_step = copy.deepcopy(kp_detector).to(self.dtype), copy.deepcopy(render_step).to(self.dtype)
+        self.cuda_graphs = model.device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self.kp_detector = torch.compile(kp_detector, fullgraph=True, mode=mode)
+        self.render_step = torch.compile(render_step, fullgraph=True, mode=mode)
+        height, width = model.frame_size
+        frame = torch.rand(1, 3, height, width, device=model.device)
+        try:
+            with torch.inference_mode():
+                source = model.generator.encode_source(frame, model.kp_detector(frame))
+                self.render(source, self.detect_keypoints(frame))
+        except Exception as error:  # Inductor needs a C++ compiler on the CPU and Triton on CUDA
+            raise BackendUnavailable(f"torch.compile failed: {type(error).__name__}: {str(error)[:300]}") from error
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        if device.type == "cuda":
+            try:
+                import triton  # noqa: F401
+            except ImportError:
+                return "Triton is not installed (it comes with the CUDA build of torch on Linux)"
+        elif not any(shutil.which(compiler) for compiler in ("c++", "g++", "clang++", "cl")):
+            return "no C++ compiler found (Inductor compiles C++ on the CPU)"
+        return super().unavailable_reason(device)
+
+    def _own(self, tensor: torch.Tensor) -> torch.Tensor:
+        # CUDA graphs reuse their output memory on the next replay: hand out a copy.
+        return tensor.clone() if self.cuda_graphs else tensor
+
+    @torch.inference_mode()
+    def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
+        keypoints = cast_keypoints(self.kp_detector(frames.to(self.dtype)), torch.float32)
+        return Keypoints(self._own(keypoints.value), self._own(keypoints.jacobian))
+
+    @torch.inference_mode()
+    def render_prepared(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
+        return self._own(self.render_step(source, cast_keypoints(driving, self.dtype)).float())
+
+    def prepare_source(self, source: SourceState) -> SourceState:
+        return cast_source(source, self.dtype)

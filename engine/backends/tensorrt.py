@@ -1,0 +1,104 @@
+"""TensorRT through torch-tensorrt's dynamo path: float16, static shapes (batch 1 at the model's frame size).
+
+The keypoint detector and the render step (with flat inputs, see
+:class:`engine.export.FlatRender`) are cast to float16, exported with
+``torch.export`` and compiled by ``torch_tensorrt.dynamo.compile``.  The
+compiled programs are saved in the artifact cache and loaded on later starts;
+an entry that fails to load is rebuilt.  Inputs stay on the GPU: the engines
+run on the current CUDA stream, with no host copy.
+
+``python -m engine.tensorrt_ops`` checks, without TensorRT, that every op of
+these graphs has a torch-tensorrt converter.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import sys
+
+import torch
+
+from ..export import FlatRender, flatten_source
+from ..generator import SourceState
+from ..motion import Keypoints
+from .artifacts import artifact_path, build_atomically, device_description
+from .base import Backend, BackendUnavailable, cast_keypoints, cast_source, weights_fingerprint
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    precisions = {"cuda": ("float16",)}
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        reason = super().unavailable_reason(device)
+        if reason:
+            return reason
+        try:
+            import torch_tensorrt  # noqa: F401
+        except Exception as error:
+            return f'torch-tensorrt is not usable ({type(error).__name__}: {error}): pip install -e ".[tensorrt]"'
+        return None
+
+    def __init__(self, model, precision: str):
+        super().__init__(model, precision)
+        try:
+            import torch_tensorrt
+        except Exception as error:  # ImportError, or the TensorRT libraries failing to load
+            raise BackendUnavailable(f"torch-tensorrt is not usable here ({error}); pip install -e \".[tensorrt]\"") from None
+        self.torch_tensorrt = torch_tensorrt
+        height, width = model.frame_size
+        device = model.device
+        frame = torch.rand(1, 3, height, width, device=device)
+        with torch.inference_mode():
+            source = model.generator.encode_source(frame, model.kp_detector(frame))
+            keypoints = model.kp_detector(frame)
+        self._keypoint_inputs = (frame.half(),)
+        self._render_inputs = (*flatten_source(cast_source(source, torch.float16)), *cast_keypoints(keypoints, torch.float16))
+        key = dict(weights=weights_fingerprint(model), config=repr(model.config), device=device_description(device),
+                   precision=precision, shape=f"{height}x{width}", torch=torch.__version__,
+                   torch_tensorrt=importlib.metadata.version("torch-tensorrt"), tensorrt=_version("tensorrt"),
+                   align_corners=str(model.generator.align_corners))
+        half_detector = copy.deepcopy(model.kp_detector).half()
+        half_render = FlatRender(copy.deepcopy(model.render_step).half())
+        self.keypoints_engine = self._engine("keypoints", key, half_detector, self._keypoint_inputs)
+        self.render_engine = self._engine("render", key, half_render, self._render_inputs)
+
+    def _engine(self, part: str, key: dict, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
+        path = artifact_path(f"tensorrt-{part}", ".ep", part=part, **key)
+        if path.exists():
+            try:
+                return torch.export.load(str(path)).module()
+            except Exception as error:
+                print(f"cached TensorRT engine {path} is unusable ({error}); rebuilding it", file=sys.stderr)
+                path.unlink()
+        try:
+            with torch.no_grad():
+                program = torch.export.export(module, inputs, strict=True)
+                compiled = self.torch_tensorrt.dynamo.compile(program, arg_inputs=list(inputs), min_block_size=1)
+            build_atomically(path, lambda temporary: self.torch_tensorrt.save(
+                compiled, str(temporary), output_format="exported_program", arg_inputs=list(inputs)))
+        except Exception as error:
+            raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {type(error).__name__}: {error}") from error
+        return torch.export.load(str(path)).module()
+
+    @torch.inference_mode()
+    def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
+        value, jacobian = self.keypoints_engine(frames.half())
+        return Keypoints(value.float(), jacobian.float())
+
+    @torch.inference_mode()
+    def render_prepared(self, source: tuple[torch.Tensor, ...], driving: Keypoints) -> torch.Tensor:
+        return self.render_engine(*source, *cast_keypoints(driving, torch.float16)).float()
+
+    def prepare_source(self, source: SourceState) -> tuple[torch.Tensor, ...]:
+        """The source as the engine's first five float16 inputs, made once per avatar."""
+        return flatten_source(cast_source(source, torch.float16))
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"

@@ -1,0 +1,100 @@
+"""Inference backends: selection, clear refusals, parity with eager float32, and the compiled-artifact cache.
+
+Backends that need an NVIDIA GPU (tensorrt; float16/bfloat16 precisions) are
+refused here with a reason; their parity is measured by benchmarks/gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import engine.backends
+from engine import Animator, EngineError, load_model
+from engine.backends.artifacts import artifact_path
+
+from .conftest import SMALL_PARITY_DIR
+from .test_parity import as_float
+
+CONFIG, CHECKPOINT = SMALL_PARITY_DIR / "config.yaml", SMALL_PARITY_DIR / "checkpoint.pth.tar"
+TOLERANCE = 1e-4
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def frames_of(model, inputs) -> np.ndarray:
+    animator = Animator(model, as_float(inputs["source"]))
+    return np.stack([animator(as_float(frame)) for frame in inputs["driving"]])
+
+
+@pytest.fixture(scope="module")
+def eager_frames(small_inputs):
+    return frames_of(load_model(CONFIG, CHECKPOINT), small_inputs)
+
+
+@pytest.mark.parametrize("name, precision, message", [
+    ("warp-drive", None, r"unknown backend 'warp-drive'; expected 'auto' or one of \['compile', 'eager', 'onnxruntime', "
+                         r"'tensorrt'\]"),
+    ("eager", "float16", r"backend 'eager' on cpu offers \['float32'\], not 'float16'"),
+    ("eager", "float8", r"unknown precision 'float8'"),
+    ("tensorrt", None, r"backend 'tensorrt' does not run on cpu"),
+    ("onnxruntime", "bfloat16", r"backend 'onnxruntime' on cpu offers \['float32'\], not 'bfloat16'"),
+])
+def test_impossible_choices_are_clear_errors(name, precision, message):
+    with pytest.raises(EngineError, match=message):
+        load_model(CONFIG, CHECKPOINT, backend=name, precision=precision)
+
+
+def test_onnxruntime_matches_eager(home, small_inputs, eager_frames):
+    model = load_model(CONFIG, CHECKPOINT, backend="onnxruntime")
+    assert model.backend.name == "onnxruntime" and model.backend.providers == ["CPUExecutionProvider"]
+    assert float(np.abs(frames_of(model, small_inputs) - eager_frames).max()) <= TOLERANCE
+
+
+def test_compile_matches_eager(home, small_inputs, eager_frames):
+    model = load_model(CONFIG, CHECKPOINT, backend="compile")
+    assert float(np.abs(frames_of(model, small_inputs) - eager_frames).max()) <= TOLERANCE
+
+
+def test_auto_falls_back_and_says_why(home, monkeypatch, capsys):
+    monkeypatch.setitem(engine.backends.AUTO_ORDER, "cpu", ("tensorrt", "onnxruntime", "eager"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    model = load_model(CONFIG, CHECKPOINT, backend="auto")
+    assert model.backend.name == "eager"
+    log = capsys.readouterr().err
+    assert "backend tensorrt cannot run here (backend 'tensorrt' does not run on cpu); trying the next" in log
+    assert "backend onnxruntime cannot run here (onnxruntime is not installed" in log
+
+
+def test_onnx_files_are_cached_rebuilt_when_corrupt_and_keyed_by_the_weights(home, small_inputs, monkeypatch):
+    first = frames_of(load_model(CONFIG, CHECKPOINT, backend="onnxruntime"), small_inputs)
+    files = sorted((home / "compiled").glob("onnx-*.onnx"))
+    assert [f.name.split("-")[1] for f in files] == ["keypoints", "render"]
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds the files")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    np.testing.assert_array_equal(frames_of(load_model(CONFIG, CHECKPOINT, backend="onnxruntime"), small_inputs), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(home))
+    files[1].write_bytes(b"corrupt")
+    np.testing.assert_array_equal(frames_of(load_model(CONFIG, CHECKPOINT, backend="onnxruntime"), small_inputs), first)
+    assert files[1].stat().st_size > 1000  # rebuilt in place
+    load_model(CONFIG, CHECKPOINT, backend="onnxruntime", align_corners=False)
+    assert len(list((home / "compiled").glob("onnx-*.onnx"))) == 4  # another function: other files
+
+
+def test_artifact_key_names_every_dependency():
+    base = dict(weights="a" * 64, config="c", device="NVIDIA H200 sm90", precision="float16", torch="2.13.0")
+    path = artifact_path("tensorrt-render", ".ep", **base)
+    for field in base:
+        assert artifact_path("tensorrt-render", ".ep", **{**base, field: "other"}) != path
+    assert path.name.startswith("tensorrt-render-") and path.suffix == ".ep"
