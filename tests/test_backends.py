@@ -14,6 +14,7 @@ import torch
 
 import engine.backends
 from engine import Animator, EngineError, load_model
+from engine.backends import backend_class
 from engine.backends.artifacts import artifact_path
 
 from .conftest import SMALL_PARITY_DIR
@@ -98,3 +99,39 @@ def test_artifact_key_names_every_dependency():
     for field in base:
         assert artifact_path("tensorrt-render", ".ep", **{**base, field: "other"}) != path
     assert path.name.startswith("tensorrt-render-") and path.suffix == ".ep"
+
+
+def test_start_up_line_names_device_backend_and_precision_and_warns_on_cpu(home):
+    line = load_model(CONFIG, CHECKPOINT, backend="onnxruntime").describe()
+    assert line.startswith("config on the CPU: backend onnxruntime, float32")
+    assert "WARNING: no GPU in use" in line
+
+
+def test_onnx_graphs_use_opset_17(home):
+    onnx = pytest.importorskip("onnx")
+    load_model(CONFIG, CHECKPOINT, backend="onnxruntime")
+    for path in (home / "compiled").glob("onnx-*.onnx"):
+        graph = onnx.load(str(path))
+        assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
+        ops = {node.op_type for node in graph.graph.node}
+        assert "Conv" in ops and "Inverse" not in ops
+        if "render" in path.name:
+            assert "GridSample" in ops
+
+
+def tensorrt_missing_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return backend_class("tensorrt").unavailable_reason(torch.device("cuda"))
+
+
+@pytest.mark.skipif(tensorrt_missing_reason() is not None, reason=f"TensorRT cannot run here: {tensorrt_missing_reason()}")
+def test_tensorrt_matches_eager_in_float16_and_reuses_its_engines(home, small_inputs):
+    reference = frames_of(load_model(CONFIG, CHECKPOINT, device="cuda"), small_inputs)
+    model = load_model(CONFIG, CHECKPOINT, device="cuda", backend="tensorrt")
+    assert model.backend.precision == "float16"
+    assert float(np.abs(frames_of(model, small_inputs) - reference).max()) <= 2e-2
+    engines = sorted((home / "compiled").glob("tensorrt-*.ep"))
+    assert len(engines) == 2
+    load_model(CONFIG, CHECKPOINT, device="cuda", backend="tensorrt")
+    assert sorted((home / "compiled").glob("tensorrt-*.ep")) == engines
