@@ -10,6 +10,7 @@ atomically (temporary file, then rename).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -19,6 +20,14 @@ from typing import Callable
 import torch
 
 from ..weights import cache_root
+
+
+def library_version(distribution: str) -> str:
+    """The installed version of a distribution, or "none" (it still belongs in a cache key)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def device_description(device: torch.device) -> str:

@@ -9,7 +9,6 @@ Providers are tried in the order TensorRT, CUDA, CPU.  Opset 17 because
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import sys
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from ..export import SOURCE_INPUTS, FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
-from .artifacts import artifact_path, build_atomically, device_description
+from .artifacts import artifact_path, build_atomically, device_description, library_version
 from .base import Backend, BackendUnavailable, weights_fingerprint
 
 OPSET = 17
@@ -57,7 +56,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(f"onnxruntime offers none of {list(wanted)} (it has {available})")
         key = dict(weights=weights_fingerprint(model), config=repr(model.config), device=device_description(model.device),
                    opset=str(OPSET), torch=torch.__version__, onnxruntime=onnxruntime.__version__,
-                   onnx=_version("onnx"), align_corners=str(model.generator.align_corners))
+                   onnx=library_version("onnx"), align_corners=str(model.generator.align_corners))
         self.keypoints_session = self._session("keypoints", key, self._export_keypoints)
         self.render_session = self._session("render", key, self._export_render)
         self.description = f"providers {self.providers}"
@@ -134,9 +133,3 @@ def _quiet_tracer():
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().contiguous().cpu().numpy()
 
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "none"

@@ -14,7 +14,6 @@ these graphs has a torch-tensorrt converter.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import sys
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from ..export import FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
-from .artifacts import artifact_path, build_atomically, device_description
+from .artifacts import artifact_path, build_atomically, device_description, library_version
 from .base import Backend, BackendUnavailable, cast_keypoints, cast_source, weights_fingerprint
 
 
@@ -58,7 +57,7 @@ class TensorRTBackend(Backend):
         self._render_inputs = (*flatten_source(cast_source(source, torch.float16)), *cast_keypoints(keypoints, torch.float16))
         key = dict(weights=weights_fingerprint(model), config=repr(model.config), device=device_description(device),
                    precision=precision, shape=f"{height}x{width}", torch=torch.__version__,
-                   torch_tensorrt=importlib.metadata.version("torch-tensorrt"), tensorrt=_version("tensorrt"),
+                   torch_tensorrt=library_version("torch-tensorrt"), tensorrt=library_version("tensorrt"),
                    align_corners=str(model.generator.align_corners))
         half_detector = copy.deepcopy(model.kp_detector).half()
         half_render = FlatRender(copy.deepcopy(model.render_step).half())
@@ -96,9 +95,3 @@ class TensorRTBackend(Backend):
         """The source as the engine's first five float16 inputs, made once per avatar."""
         return flatten_source(cast_source(source, torch.float16))
 
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
