@@ -47,7 +47,7 @@ class FirstOrderModel:
         self.kp_detector = kp_detector.eval().requires_grad_(False)
         self.generator = generator.eval().requires_grad_(False)
         self.render_step = RenderStep(self.generator).eval()
-        self.backend: Backend | None = None  # set by load_model; eager float32 until then
+        self.backend: Backend | None = None  # chosen by use_backend (load_model calls it)
 
     def use_backend(self, name: str = "eager", precision: str | None = None) -> Backend:
         """Run the per-frame computation on backend ``name`` ("auto": the fastest that works here)."""
