@@ -50,7 +50,7 @@ class TensorRTBackend(Backend):
         height, width = model.frame_size
         device = model.device
         frame = torch.rand(1, 3, height, width, device=device)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: export wants ordinary tensors as example inputs
             source = model.generator.encode_source(frame, model.kp_detector(frame))
             keypoints = model.kp_detector(frame)
         self._keypoint_inputs = (frame.half(),)
