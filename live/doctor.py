@@ -141,8 +141,11 @@ def check_cache() -> Iterator[Finding]:
                       "set FOMM_LIVE_HOME to a writable directory")
         return
     copies = sorted((root / "safetensors").glob("*.safetensors"))
-    size = sum(p.stat().st_size for p in copies)
-    yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {size / 2**20:.0f} MiB)")
+    compiled = sorted((root / "compiled").glob("*-*.*"))
+    size = sum(p.stat().st_size for p in copies + compiled) / 2**20
+    kinds = sorted({p.name.split("-")[0] for p in compiled})  # onnx, tensorrt
+    yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {len(compiled)} compiled "
+                  f"artifacts{' (' + ', '.join(kinds) + ')' if kinds else ''}, {size:.0f} MiB)")
 
 
 def _video_devices() -> list[tuple[str, str, bool]]:
