@@ -50,6 +50,7 @@ from benchmarks.fps_report import (  # noqa: E402
     SCHEMA,
     attach_speedups,
     compare_table,
+    cpu_name,
     fps_of,
     load_report,
     markdown_table,
@@ -62,7 +63,7 @@ from engine.backends import BACKENDS, BackendUnavailable, backend_class  # noqa:
 from engine.images import image_to_tensor  # noqa: E402
 from engine.motion import make_motion_reference, transfer_motion  # noqa: E402
 from engine.weights import find_checkpoint  # noqa: E402
-from live.framing import DrivingFramer, FaceDetector, Square  # noqa: E402
+from live.framing import DrivingFramer, FaceDetector, frame_avatar  # noqa: E402
 from live.pasteback import PasteBack  # noqa: E402
 
 CAMERA_SIZE = (1280, 720)
@@ -139,17 +140,19 @@ def measure(name: str, precision: str, pipeline: str, model, device: torch.devic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     side = model.frame_size[0]
-    avatar = avatar_image()
+    photo = avatar_image()
+    avatar_detector = FaceDetector(long_range=True)
+    avatar = frame_avatar(photo, avatar_detector, side)  # as the live tool frames it
+    avatar_detector.close()
+    avatar_crop = avatar.crop
+    paste_back = PasteBack(photo, avatar.square, *CAMERA_SIZE)
     detector = FaceDetector(long_range=False)
     framer = DrivingFramer(detector, side)
-    square = Square(300, 280, 420)
-    paste_back = PasteBack(avatar, square, *CAMERA_SIZE)
-    avatar_crop = cv2.resize(avatar[70:490, 90:510], (side, side))
     first_crop = framer(cv2.cvtColor(cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR),
                                      cv2.COLOR_BGR2RGB), 0.0).crop
     if pipeline == BASELINE:
         baseline = OriginalStylePipeline(model, avatar_crop)
-        stages = {"model": lambda crop: baseline(crop)}
+        stages = {"model": baseline}
         model_only = _baseline_model_only(model, avatar_crop, first_crop)
     else:
         animator = Animator(model, avatar_crop)
@@ -216,11 +219,7 @@ def _baseline_model_only(model, avatar_crop: np.ndarray, reference_crop: np.ndar
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu = names[0] if names else cpu
+    cpu = cpu_name()
     info = {"device": str(device), "device_name": f"CPU: {cpu}", "compute_capability": None, "driver": None,
             "clocks": None, "device_memory_gib": None, "cpu": cpu, "cpu_cores": os.cpu_count()}
     if device.type == "cuda":

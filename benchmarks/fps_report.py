@@ -33,6 +33,7 @@ threads, so it can run faster than the end-to-end figure).
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,16 @@ import numpy as np
 SCHEMA = "fomm-live-fps/1"
 BASELINE = "uncached-original"
 STAGE_ORDER = ("decode", "framing", "keypoints", "render", "model", "paste_back", "sink")
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def summarize(milliseconds: list[float]) -> dict[str, float]:

@@ -34,8 +34,7 @@ def run_live(args: argparse.Namespace) -> int:
         status.event(model.describe())
         width, height = args.output_size or ((model.frame_size[1], model.frame_size[0]) if args.square else (1280, 720))
         processor = FrameProcessor(model, library, status, (width, height), square=args.square,
-                                   relative=args.relative, adapt_scale=args.adapt_scale, movement=args.movement,
-                                   smoothing=args.smoothing)
+                                   adapt_scale=args.adapt_scale)
     except (EngineError, AvatarError, CameraError, SinkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -21,10 +21,7 @@ import torch
 from engine.backends import BACKENDS, backend_class
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
 
-V4L2LOOPBACK_FIX = (
-    "sudo apt install v4l2loopback-dkms && "
-    'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 video_nr=10 card_label="fomm-live"'
-)
+from .sinks import V4L2LOOPBACK_FIX
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,8 @@ class DrivingFramer:
         face = self.detector.detect(frame)
         if self._anchor is None:
             if face is None:
-                return FramedImage(crop_square(frame, centre_square(height, width), self.size),
-                                   centre_square(height, width), False)
+                centre = centre_square(height, width)
+                return FramedImage(crop_square(frame, centre, self.size), centre, False)
             self._anchor = face.square()
             self.follow.reset(np.array([self._anchor.cx, self._anchor.cy]), time)
         if face is not None:

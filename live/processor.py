@@ -32,12 +32,13 @@ class FrameProcessor:
     """Frames the face, animates the avatar, and composes the output frame.
 
     output_size: (width, height) of the output; square: send the bare animated
-    square (resized to the output size) instead of pasting it back.
+    square (resized to the output size) instead of pasting it back;
+    adapt_scale: see :class:`engine.Animator`.  The other motion settings
+    (relative, movement, smoothing) come with the :class:`LiveState` of each frame.
     """
 
     def __init__(self, model: FirstOrderModel, library: AvatarLibrary, status: StatusBoard,
-                 output_size: tuple[int, int], square: bool = False, relative: bool = True,
-                 adapt_scale: bool = True, movement: float = 1.0, smoothing: float = 0.0):
+                 output_size: tuple[int, int], square: bool = False, adapt_scale: bool = True):
         self.model = model
         self.library = library
         self.status = status
@@ -46,7 +47,7 @@ class FrameProcessor:
         self.side = model.frame_size[0]
         self.avatar_detector = FaceDetector(long_range=True)
         self.framer = DrivingFramer(FaceDetector(long_range=False), self.side)
-        self.settings = dict(relative=relative, adapt_scale=adapt_scale, movement=movement, smoothing=smoothing)
+        self.adapt_scale = adapt_scale
         self.avatar_index = -1
         self.avatar: Avatar | None = None
         self.animator: Animator | None = None
@@ -61,7 +62,7 @@ class FrameProcessor:
         """Load avatar ``index``: frames it and re-encodes only the source (the reference pose is kept)."""
         avatar = self.library.load(index, self.avatar_detector, self.side)
         if self.animator is None:
-            self.animator = Animator(self.model, avatar.framed.crop, **self.settings)
+            self.animator = Animator(self.model, avatar.framed.crop, adapt_scale=self.adapt_scale)
         else:
             self.animator.set_source(avatar.framed.crop)
         self.avatar, self.avatar_index, self._unloadable = avatar, index, -1

@@ -17,7 +17,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .doctor import V4L2LOOPBACK_FIX
+# What creates a v4l2loopback device on Debian/Ubuntu (video_nr=10 keeps it clear of real webcams).
+V4L2LOOPBACK_FIX = (
+    "sudo apt install v4l2loopback-dkms && "
+    'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 video_nr=10 card_label="fomm-live"'
+)
 
 
 class SinkError(RuntimeError):
