@@ -6,6 +6,7 @@ refused here with a reason; their parity is measured by benchmarks/gpu_check.py.
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import engine.backends
 from engine import Animator, EngineError, load_model
 from engine.backends import backend_class
-from engine.backends.artifacts import artifact_path
+from engine.backends.artifacts import ENGINE_ROOT, artifact_path, code_fingerprint
 
 from .conftest import SMALL_PARITY_DIR
 from .test_parity import as_float
@@ -99,6 +100,15 @@ def test_artifact_key_names_every_dependency():
     for field in base:
         assert artifact_path("tensorrt-render", ".ep", **{**base, field: "other"}) != path
     assert path.name.startswith("tensorrt-render-") and path.suffix == ".ep"
+
+
+def test_code_fingerprint_changes_with_any_engine_source(tmp_path):
+    copy = tmp_path / "engine"
+    shutil.copytree(ENGINE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_fingerprint(copy) == code_fingerprint()
+    layers = copy / "layers.py"
+    layers.write_text(layers.read_text() + "\n# changed\n")
+    assert code_fingerprint(copy) != code_fingerprint()
 
 
 def test_start_up_line_names_device_backend_and_precision_and_warns_on_cpu(home):

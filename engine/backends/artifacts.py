@@ -2,7 +2,8 @@
 
 An entry's file name is a hash of everything it depends on: the weights
 (their sha256), the architecture, the input shape, the precision, the device
-(GPU name and compute capability), and the library versions.  Any change
+(GPU name and compute capability), the library versions, and the engine's own
+source code (a graph traced from older code is never reused).  Any change
 gives a new key; a stale entry is never looked up again.  Entries are written
 atomically (temporary file, then rename).
 """
@@ -28,6 +29,18 @@ def library_version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "none"
+
+
+ENGINE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_fingerprint(package: Path = ENGINE_ROOT) -> str:
+    """sha256 of the Python sources under ``package`` (default: the engine), names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def device_description(device: torch.device) -> str:

@@ -19,7 +19,7 @@ import torch
 from ..export import SOURCE_INPUTS, FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
-from .artifacts import artifact_path, build_atomically, device_description, library_version
+from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
 from .base import Backend, BackendUnavailable, weights_fingerprint
 
 OPSET = 17
@@ -54,9 +54,10 @@ class OnnxRuntimeBackend(Backend):
         self.providers = [p for p in wanted if p in available]
         if not self.providers:
             raise BackendUnavailable(f"onnxruntime offers none of {list(wanted)} (it has {available})")
-        key = dict(weights=weights_fingerprint(model), config=repr(model.config), device=device_description(model.device),
-                   opset=str(OPSET), torch=torch.__version__, onnxruntime=onnxruntime.__version__,
-                   onnx=library_version("onnx"), align_corners=str(model.generator.align_corners))
+        key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
+                   device=device_description(model.device), opset=str(OPSET), torch=torch.__version__,
+                   onnxruntime=onnxruntime.__version__, onnx=library_version("onnx"),
+                   align_corners=str(model.generator.align_corners))
         self.keypoints_session = self._session("keypoints", key, self._export_keypoints)
         self.render_session = self._session("render", key, self._export_render)
         self.description = f"providers {self.providers}"

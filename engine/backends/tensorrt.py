@@ -21,7 +21,7 @@ import torch
 from ..export import FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
-from .artifacts import artifact_path, build_atomically, device_description, library_version
+from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
 from .base import Backend, BackendUnavailable, cast_keypoints, cast_source, weights_fingerprint
 
 
@@ -55,8 +55,8 @@ class TensorRTBackend(Backend):
             keypoints = model.kp_detector(frame)
         self._keypoint_inputs = (frame.half(),)
         self._render_inputs = (*flatten_source(cast_source(source, torch.float16)), *cast_keypoints(keypoints, torch.float16))
-        key = dict(weights=weights_fingerprint(model), config=repr(model.config), device=device_description(device),
-                   precision=precision, shape=f"{height}x{width}", torch=torch.__version__,
+        key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
+                   device=device_description(device), precision=precision, shape=f"{height}x{width}", torch=torch.__version__,
                    torch_tensorrt=library_version("torch-tensorrt"), tensorrt=library_version("tensorrt"),
                    align_corners=str(model.generator.align_corners))
         half_detector = copy.deepcopy(model.kp_detector).half()
