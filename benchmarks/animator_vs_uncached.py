@@ -45,11 +45,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    original = load_model(args.config, None, fold_batchnorm=False)
+    original = load_model(args.config, None, fuse_layers=False)
     for network in (original.kp_detector, original.generator):  # the original's NCHW layout
         network.to(memory_format=torch.contiguous_format)
     torch.manual_seed(0)
-    ours = load_model(args.config, None, fold_batchnorm=True, backend=args.backend)
+    ours = load_model(args.config, None, fuse_layers=True, backend=args.backend)
     height, width = ours.frame_size
     rng = np.random.default_rng(0)
     source = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)

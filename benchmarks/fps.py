@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     torch.manual_seed(0)
-    baseline_model = load_model(args.config, checkpoint, device=device, fold_batchnorm=False)
+    baseline_model = load_model(args.config, checkpoint, device=device, fuse_layers=False)
     for network in (baseline_model.kp_detector, baseline_model.generator):  # the original's NCHW layout
         network.to(memory_format=torch.contiguous_format)
     results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, args.warmup))

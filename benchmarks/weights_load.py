@@ -41,7 +41,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         os.environ["FOMM_LIVE_HOME"] = str(Path(directory) / "home")
-        model = load_model(args.config, None, fold_batchnorm=False)
+        model = load_model(args.config, None, fuse_layers=False)
         checkpoint = Path(directory) / "random.pth.tar"
         torch.save({"generator": model.generator.state_dict(), "kp_detector": model.kp_detector.state_dict()},
                    checkpoint)

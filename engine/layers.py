@@ -3,10 +3,13 @@
 Attribute names (``conv``, ``norm``, ``down_blocks``, ``encoder`` ...) follow the
 module tree of the released checkpoints, so their state dicts load unchanged.
 
-Every block that ends a convolution with BatchNorm can fold the (eval-mode)
-normalisation into the convolution's weights: ``fold_batchnorm()`` replaces
-``norm`` with an identity and rescales ``conv``, which removes one memory pass
-per block without changing the function.
+Two rewrites make the blocks cheaper at inference without changing their
+function (see ``FirstOrderModel.fuse_layers``): every block that ends a
+convolution with BatchNorm can fold the (eval-mode) normalisation into the
+convolution's weights (``fold_batchnorm()`` replaces ``norm`` with an identity
+and rescales ``conv``), and an up block can then merge its nearest-neighbour
+upsampling into its convolution (``fuse_upsampling()``, see
+:class:`NearestUpsampleConv2d`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,44 @@ def fold_batchnorm_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
         conv.bias.data = folded_bias.to(conv.bias.dtype)
 
 
+# For each output phase a (row or column parity) of a nearest-upsample-then-3x3-conv, which of the
+# 3 kernel taps land on each of the 2 input pixels it sees (input offsets -1, 0 for a = 0; 0, +1 for a = 1).
+_PHASE_TAPS = torch.tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], dtype=torch.float64)
+
+
+class NearestUpsampleConv2d(nn.Module):
+    """``conv(F.interpolate(x, scale_factor=2, mode="nearest"))`` computed without the upsampling.
+
+    x: BxCinxHxW -> BxCoutx(2H)x(2W), for a 3x3, padding-1, stride-1 ``conv``.
+    Output pixel (2i + a, 2j + b) sees only input rows i - 1 + a .. i + a and
+    columns j - 1 + b .. j + b (the upsampled map repeats each input pixel
+    twice), so the 3x3 kernel collapses into one 2x2 kernel per output phase
+    (a, b), summed from the original taps in float64.  One 2x2 convolution with
+    4 * Cout outputs computes all four phases, which are then interleaved:
+    16 instead of 36 multiply-adds per input pixel and channel pair, and no
+    4x larger upsampled map in memory.  Equal to the original up to float32
+    rounding (about 1e-6 relative).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if (conv.kernel_size, conv.padding, conv.stride, conv.dilation, conv.groups) != ((3, 3), (1, 1), (1, 1), (1, 1), 1):
+            raise ValueError(f"NearestUpsampleConv2d needs a plain 3x3 convolution with padding 1, got {conv}")
+        self.out_channels = conv.out_channels
+        taps = _PHASE_TAPS.to(conv.weight.device)
+        weight = torch.einsum("aik,bjl,ockl->abocij", taps, taps, conv.weight.double())
+        self.weight = nn.Parameter(weight.flatten(0, 2).to(conv.weight.dtype), requires_grad=False)
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=conv.weight.device)
+        self.bias = nn.Parameter(bias.detach().repeat(4), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[2:]
+        # phases[:, a, b, :, i + a, j + b] is output pixel (2i + a, 2j + b): padding 1 makes row 0 input row -1.
+        phases = F.conv2d(x, self.weight, self.bias, padding=1).unflatten(1, (2, 2, self.out_channels))
+        aligned = [phases[:, a, b, :, a:a + height, b:b + width] for a in (0, 1) for b in (0, 1)]
+        return F.pixel_shuffle(torch.stack(aligned, dim=2).flatten(1, 2), 2)
+
+
 class ConvNormRelu(nn.Module):
     """conv -> BatchNorm -> ReLU, the body of the same, down and up blocks."""
 
@@ -46,6 +87,8 @@ class ConvNormRelu(nn.Module):
     def fold_batchnorm(self) -> None:
         """Absorb the eval-mode BatchNorm into ``conv`` (see :func:`fold_batchnorm_into_conv`)."""
         if isinstance(self.norm, nn.BatchNorm2d):
+            if not isinstance(self.conv, nn.Conv2d):
+                raise RuntimeError("fold BatchNorm before fusing the upsampling: the fused convolution has no single kernel")
             fold_batchnorm_into_conv(self.conv, self.norm)
             self.norm = nn.Identity()
 
@@ -67,8 +110,18 @@ class DownBlock2d(ConvNormRelu):
 class UpBlock2d(ConvNormRelu):
     """Block that doubles the resolution (nearest neighbour) before its conv: -> BxCoutx(2H)x(2W)."""
 
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, padding: int):
+        super().__init__(in_features, out_features, kernel_size, padding)
+        self.upsample: nn.Module = nn.Upsample(scale_factor=2.0, mode="nearest")
+
+    def fuse_upsampling(self) -> None:
+        """Merge the upsampling into ``conv`` (see :class:`NearestUpsampleConv2d`); fold BatchNorm first."""
+        if isinstance(self.upsample, nn.Upsample):
+            self.conv = NearestUpsampleConv2d(self.conv)
+            self.upsample = nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return super().forward(self.upsample(x))
 
 
 class ResBlock2d(nn.Module):

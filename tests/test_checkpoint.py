@@ -42,7 +42,7 @@ def test_original_checkpoint_loads_and_ignores_training_entries(original):
 
 
 def test_every_checkpoint_key_is_used(original):
-    model = load_model(CONFIG, CHECKPOINT, fold_batchnorm=False)
+    model = load_model(CONFIG, CHECKPOINT, fuse_layers=False)
     for network, module in (("generator", model.generator), ("kp_detector", model.kp_detector)):
         loaded = module.state_dict()
         assert loaded.keys() == original[network].keys()

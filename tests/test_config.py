@@ -22,7 +22,7 @@ def test_every_released_config_is_shipped():
 
 @pytest.mark.parametrize("name", RELEASED)
 def test_released_architecture_matches_the_checkpoints(name):
-    model = load_model(CONFIGS / f"{name}.yaml", None, fold_batchnorm=False)
+    model = load_model(CONFIGS / f"{name}.yaml", None, fuse_layers=False)
     assert model.frame_size == (256, 256)
     # Sizes of the released networks (FACTS.md): 14.2 M and 45.6 M parameters, 37.7 M in dense motion.
     assert millions(model.kp_detector) == pytest.approx(14.2, abs=0.1)

@@ -1,12 +1,20 @@
-"""Building blocks: BatchNorm folding, anti-alias downsampling, coordinate conventions."""
+"""Building blocks: BatchNorm folding, upsampling fusion, anti-alias downsampling, coordinate conventions."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.layers import AntiAliasDownsample, SameBlock2d, fold_batchnorm_into_conv, make_coordinate_grid
+from engine.layers import (
+    AntiAliasDownsample,
+    NearestUpsampleConv2d,
+    SameBlock2d,
+    UpBlock2d,
+    fold_batchnorm_into_conv,
+    make_coordinate_grid,
+)
 
 
 def randomised_batchnorm(features: int) -> nn.BatchNorm2d:
@@ -41,6 +49,45 @@ def test_only_residual_input_norms_survive_folding(small_model):
     remaining = [name for network in (small_model.kp_detector, small_model.generator)
                  for name, module in network.named_modules() if isinstance(module, nn.BatchNorm2d)]
     assert remaining and all(name.startswith("bottleneck.r") and name.endswith(".norm1") for name in remaining)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_upsample_conv_equals_upsample_then_conv(layout):
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    x = torch.randn(2, 6, 5, 7).to(memory_format=layout)  # odd, non-square: every border phase is exercised
+    expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    fused = NearestUpsampleConv2d(conv)
+    assert fused.weight.shape == (4 * 5, 6, 2, 2)
+    out = fused(x)
+    assert out.shape == (2, 5, 10, 14)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_upsample_conv_rejects_other_convolutions():
+    with pytest.raises(ValueError, match="3x3 convolution with padding 1"):
+        NearestUpsampleConv2d(nn.Conv2d(4, 4, 5, padding=2))
+
+
+def test_up_block_fusion_keeps_the_function_and_needs_batchnorm_folded_first():
+    block = UpBlock2d(4, 3, kernel_size=3, padding=1).eval()
+    block.norm = randomised_batchnorm(3)
+    x = torch.rand(1, 4, 8, 8)
+    expected = block(x)
+    block.fold_batchnorm()
+    block.fuse_upsampling()
+    assert isinstance(block.upsample, nn.Identity) and isinstance(block.conv, NearestUpsampleConv2d)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+    unfolded = UpBlock2d(4, 3, kernel_size=3, padding=1).eval()
+    unfolded.fuse_upsampling()
+    with pytest.raises(RuntimeError, match="fold BatchNorm before fusing"):
+        unfolded.fold_batchnorm()
+
+
+def test_fused_model_fuses_only_the_generator_up_blocks(small_model):
+    fused = {name for network in (small_model.kp_detector, small_model.generator)
+             for name, module in network.named_modules() if isinstance(module, NearestUpsampleConv2d)}
+    assert fused == {f"up_blocks.{i}.conv" for i in range(len(small_model.generator.up_blocks))}
 
 
 def test_antialias_kernel_and_strided_sampling():

@@ -28,7 +28,7 @@ def as_float(images: np.ndarray) -> np.ndarray:
 
 
 class ParityCase:
-    """One fixture directory: its model (per convention and folding), inputs and expected arrays."""
+    """One fixture directory: its model (per convention, fused or not), inputs and expected arrays."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -39,14 +39,14 @@ class ParityCase:
             self.expected = {key: expected[key] for key in expected.files}
         self._models = {}
 
-    def model(self, align_corners: bool, fold: bool):
-        key = (align_corners, fold)
+    def model(self, align_corners: bool, fused: bool):
+        key = (align_corners, fused)
         if key not in self._models:
             self._models[key] = load_model(
                 self.directory / "config.yaml",
                 self.directory / "checkpoint.pth.tar",
                 align_corners=align_corners,
-                fold_batchnorm=fold,
+                fuse_layers=fused,
             )
         return self._models[key]
 
@@ -69,9 +69,9 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, tolerance: float, wha
     assert error <= tolerance, f"{what}: max abs error {error:.3g} > {tolerance:g}"
 
 
-@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
-def test_keypoints_match(case: ParityCase, fold: bool):
-    model = case.model(align_corners=True, fold=fold)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_keypoints_match(case: ParityCase, fused: bool):
+    model = case.model(align_corners=True, fused=fused)
     source = model.detect_keypoints(image_to_tensor(case.source, model.frame_size, model.device, "source"))
     driving = model.detect_keypoints(torch.from_numpy(case.driving).permute(0, 3, 1, 2).contiguous())
     assert_close(source.value.numpy(), case.expected["kp_source_value"], KEYPOINT_TOLERANCE, "source keypoints")
@@ -81,13 +81,13 @@ def test_keypoints_match(case: ParityCase, fold: bool):
                  "driving jacobians")
 
 
-@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
-def test_animator_frames_match_in_every_mode_and_convention(case: ParityCase, fold: bool):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_animator_frames_match_in_every_mode_and_convention(case: ParityCase, fused: bool):
     """Through the public float32 API, the first driving frame being the reference."""
     assert case.cases(), "the fixture holds no predictions"
     for tag, mode in case.cases():
         relative, adapt_scale = MODES[mode]
-        model = case.model(align_corners=CONVENTIONS[tag], fold=fold)
+        model = case.model(align_corners=CONVENTIONS[tag], fused=fused)
         animator = Animator(model, case.source, relative=relative, adapt_scale=adapt_scale)
         frames = np.stack([animator(frame) for frame in case.driving])
         assert frames.dtype == np.float32
@@ -100,7 +100,7 @@ def test_normalised_keypoints_match(case: ParityCase, mode: str):
     if f"ac1_{mode}_kp_norm_value" not in case.expected:
         pytest.skip(f"fixture has no normalised keypoints for {mode}")
     relative, adapt_scale = MODES[mode]
-    model = case.model(align_corners=True, fold=True)
+    model = case.model(align_corners=True, fused=True)
     source = model.detect_keypoints(torch.from_numpy(case.source).permute(2, 0, 1)[None].contiguous())
     driving = model.detect_keypoints(torch.from_numpy(case.driving).permute(0, 3, 1, 2).contiguous())
     reference = Keypoints(driving.value[:1], driving.jacobian[:1])
@@ -115,7 +115,7 @@ def test_dense_motion_outputs_match(case: ParityCase):
     prefix = "ac1_rel_adapt_"
     if f"{prefix}deformation" not in case.expected:
         pytest.skip("fixture has no dense motion outputs")
-    model = case.model(align_corners=True, fold=True)
+    model = case.model(align_corners=True, fused=True)
     state = model.encode_source(torch.from_numpy(case.source).permute(2, 0, 1)[None].contiguous())
     normalised = Keypoints(
         torch.from_numpy(case.expected[f"{prefix}kp_norm_value"]),
@@ -134,6 +134,6 @@ def test_align_corners_convention_matters(case: ParityCase):
         pytest.skip("fixture has no ac0 predictions")
     frames = {}
     for tag, align_corners in CONVENTIONS.items():
-        animator = Animator(case.model(align_corners, fold=True), case.source)
+        animator = Animator(case.model(align_corners, fused=True), case.source)
         frames[tag] = np.stack([animator(frame) for frame in case.driving])
     assert float(np.abs(frames["ac1"] - frames["ac0"]).max()) > 100 * FRAME_TOLERANCE
