@@ -1,7 +1,16 @@
-"""The per-frame graphs as ``torch.export`` programs: what a compiler (TensorRT, ONNX) is handed."""
+"""The per-frame graphs as a compiler is handed them: ``torch.export`` programs (TensorRT) and ONNX files.
+
+ONNX files use opset 17: ``grid_sample`` needs opset 16 or newer, and opset
+20 renames its mode to "linear", which older TensorRT parsers reject.  They
+come from the TorchScript-based exporter, which needs no onnxscript and is
+the one the parity tests and the TensorRT parser check cover.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -13,6 +22,8 @@ from .model import FirstOrderModel
 from .motion import Keypoints
 
 SOURCE_INPUTS = ("features", "source_image", "source_heatmaps", "source_value", "source_jacobian")
+KEYPOINT_INPUTS = ("value", "jacobian")
+ONNX_OPSET = 17
 
 
 class PerFramePrograms(NamedTuple):
@@ -62,3 +73,44 @@ class FlatRender(nn.Module):
 def flatten_source(source: SourceState) -> tuple[torch.Tensor, ...]:
     motion = source.motion
     return (source.features, motion.image, motion.heatmaps, motion.keypoints.value, motion.keypoints.jacobian)
+
+
+@torch.no_grad()
+def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
+    """The keypoint detector as ONNX: input "frame" (1x3xHxW float32), outputs "value", "jacobian"."""
+    frame, _, _ = _example_inputs(model)
+    with _quiet_tracer():
+        torch.onnx.export(model.kp_detector, (frame,), str(path), opset_version=ONNX_OPSET, dynamo=False,
+                          input_names=["frame"], output_names=list(KEYPOINT_INPUTS))
+
+
+@torch.no_grad()
+def export_render_onnx(model: FirstOrderModel, path: Path) -> None:
+    """The render step as ONNX: inputs SOURCE_INPUTS then KEYPOINT_INPUTS (see :class:`FlatRender`), output "frame"."""
+    _, source, keypoints = _example_inputs(model)
+    with _quiet_tracer():
+        torch.onnx.export(FlatRender(model.render_step), (*flatten_source(source), *keypoints), str(path),
+                          opset_version=ONNX_OPSET, dynamo=False, input_names=[*SOURCE_INPUTS, *KEYPOINT_INPUTS],
+                          output_names=["frame"])
+
+
+def _example_inputs(model: FirstOrderModel) -> tuple[torch.Tensor, SourceState, Keypoints]:
+    height, width = model.frame_size
+    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
+    keypoints = model.kp_detector(frame)
+    return frame, model.generator.encode_source(frame, keypoints), keypoints
+
+
+@contextlib.contextmanager
+def _quiet_tracer():
+    """Silence what the exporter says about choices made on purpose.
+
+    The tracer warns that shape comparisons become constants (true and
+    intended: the shapes are static), and that the TorchScript-based exporter
+    is deprecated (see the module docstring for why it is used).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        yield

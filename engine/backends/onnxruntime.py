@@ -1,30 +1,27 @@
 """ONNX Runtime: the per-frame modules exported to ONNX (opset 17), run by the best provider present.
 
-Providers are tried in the order TensorRT, CUDA, CPU.  Opset 17 because
-``grid_sample`` needs opset 16 or newer, and opset 20 renames its mode to
-"linear", which older TensorRT parsers reject.  The exported files are cached
-(see :mod:`engine.backends.artifacts`); a file that fails to load is rebuilt.
+Providers are tried in the order TensorRT, CUDA, CPU.  The graphs are
+exported by :mod:`engine.export` and cached (see
+:mod:`engine.backends.artifacts`); a file that fails to load is rebuilt.
+``python -m engine.tensorrt_onnx_ops`` checks that TensorRT's ONNX parser
+takes them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..export import SOURCE_INPUTS, FlatRender, flatten_source
+from ..export import ONNX_OPSET, SOURCE_INPUTS, export_keypoints_onnx, export_render_onnx, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
 from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
 from .base import Backend, BackendUnavailable, weights_fingerprint
 
-OPSET = 17
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-KEYPOINT_INPUTS = ("value", "jacobian")
 
 
 class OnnxRuntimeBackend(Backend):
@@ -55,11 +52,11 @@ class OnnxRuntimeBackend(Backend):
         if not self.providers:
             raise BackendUnavailable(f"onnxruntime offers none of {list(wanted)} (it has {available})")
         key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
-                   device=device_description(model.device), opset=str(OPSET), torch=torch.__version__,
+                   device=device_description(model.device), opset=str(ONNX_OPSET), torch=torch.__version__,
                    onnxruntime=onnxruntime.__version__, onnx=library_version("onnx"),
                    align_corners=str(model.generator.align_corners))
-        self.keypoints_session = self._session("keypoints", key, self._export_keypoints)
-        self.render_session = self._session("render", key, self._export_render)
+        self.keypoints_session = self._session("keypoints", key, lambda path: export_keypoints_onnx(model, path))
+        self.render_session = self._session("render", key, lambda path: export_render_onnx(model, path))
         self.description = f"providers {self.providers}"
 
     def _session(self, part: str, key: dict, export):
@@ -84,27 +81,6 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return self.ort.InferenceSession(str(path), options, providers=self.providers)
 
-    def _example(self) -> tuple[torch.Tensor, SourceState, Keypoints]:
-        height, width = self.model.frame_size
-        frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(self.model.device)
-        with torch.no_grad():
-            keypoints = self.model.kp_detector(frame)
-            source = self.model.generator.encode_source(frame, keypoints)
-        return frame, source, keypoints
-
-    def _export_keypoints(self, path: Path) -> None:
-        frame, _, _ = self._example()
-        with _quiet_tracer():
-            torch.onnx.export(self.model.kp_detector, (frame,), str(path), opset_version=OPSET, dynamo=False,
-                              input_names=["frame"], output_names=list(KEYPOINT_INPUTS))
-
-    def _export_render(self, path: Path) -> None:
-        _, source, keypoints = self._example()
-        with _quiet_tracer():
-            torch.onnx.export(FlatRender(self.model.render_step), (*flatten_source(source), *keypoints), str(path),
-                              opset_version=OPSET, dynamo=False, input_names=[*SOURCE_INPUTS, *KEYPOINT_INPUTS],
-                              output_names=["frame"])
-
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
         value, jacobian = self.keypoints_session.run(None, {"frame": _numpy(frames)})
         return Keypoints(self._tensor(value), self._tensor(jacobian))
@@ -121,14 +97,6 @@ class OnnxRuntimeBackend(Backend):
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.model.device)
-
-
-@contextlib.contextmanager
-def _quiet_tracer():
-    """The tracer warns that shape comparisons become constants: true and intended (the shapes are static)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
