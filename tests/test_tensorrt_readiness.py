@@ -1,7 +1,10 @@
-"""TensorRT readiness without TensorRT: the per-frame graphs use only ops torch-tensorrt has converters for.
+"""TensorRT readiness without TensorRT: the per-frame graphs use only ops TensorRT's two front ends take.
 
-The converter list is read from torch-tensorrt's own source (its wheel, fetched
-with pip download, or the file named by $TORCH_TENSORRT_WHEEL), never typed here.
+torch-tensorrt's converter list is read from its own source (its wheel, fetched
+with pip download, or the file named by $TORCH_TENSORRT_WHEEL); the ONNX
+parser's from TensorRT itself where installed, else from onnx-tensorrt's
+support matrix (downloaded, or the file named by $ONNX_TENSORRT_MATRIX).
+Neither list is typed here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,15 @@ from pathlib import Path
 import pytest
 
 from engine.export import aten_targets, export_per_frame
+from engine.tensorrt_onnx_ops import (
+    download_matrix,
+    export_graphs,
+    onnx_op_types,
+    support_matrix,
+    tensorrt_parser_errors,
+    tensorrt_version,
+    unsupported_by_matrix,
+)
 from engine.tensorrt_ops import converter_registry, download_wheel, unconvertible
 
 SOURCE = '''
@@ -56,3 +68,57 @@ def test_every_per_frame_op_has_a_torch_tensorrt_converter(small_model, wheel):
         assert "aten.convolution.default" in targets
         assert unconvertible(targets, registry) == [], f"{name} has ops torch-tensorrt cannot convert"
     assert "aten.grid_sampler_2d.default" in aten_targets(programs.render)
+
+
+MATRIX = """
+| Operator                  | Supported  | Supported Types | Restrictions |
+|---------------------------|------------|-----------------|--------------|
+| Conv                      | Y          | FP32, FP16, INT8 |
+| GridSample                | Y          | FP32, FP16
+| NonMaxSuppression         | Y [EXPERIMENTAL] | FP32, FP16 | inputs must be initializers
+| Det                       | N          |
+"""
+
+
+def test_support_matrix_is_read_from_the_table_rows():
+    matrix = support_matrix(MATRIX)
+    assert matrix == {"Conv": True, "GridSample": True, "NonMaxSuppression": True, "Det": False}
+    assert unsupported_by_matrix({"Conv", "GridSample", "Det", "Inverse"}, matrix) == ["Det", "Inverse"]
+    with pytest.raises(ValueError, match="no operator rows"):
+        support_matrix("# Supported ONNX Operators\n\nnothing here\n")
+
+
+def test_ops_outside_the_onnx_domain_are_refused(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    helper = onnx.helper
+    node = helper.make_node("Inverse", ["x"], ["y"], domain="com.microsoft")
+    value = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])
+    graph = helper.make_graph([node], "g", [value], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ValueError, match="com.microsoft::Inverse"):
+        onnx_op_types(path)
+
+
+def parser_support_source() -> str:
+    """Where TensorRT's ONNX parser's word comes from here, or pytest.skip with why it cannot."""
+    if tensorrt_version() is not None:
+        return "tensorrt"
+    if os.environ.get("ONNX_TENSORRT_MATRIX"):
+        return Path(os.environ["ONNX_TENSORRT_MATRIX"]).read_text()
+    try:
+        return download_matrix()
+    except RuntimeError as error:
+        pytest.skip(f"neither TensorRT nor onnx-tensorrt's support matrix is reachable here ({error}); "
+                    "set ONNX_TENSORRT_MATRIX to a copy of its docs/operators.md")
+
+
+def test_every_onnx_op_is_taken_by_tensorrts_onnx_parser(small_model, tmp_path):
+    source = parser_support_source()
+    for name, path in export_graphs(small_model, tmp_path).items():
+        op_types = onnx_op_types(path)
+        assert "Conv" in op_types
+        if source == "tensorrt":
+            assert tensorrt_parser_errors(path) == [], f"TensorRT's parser refuses the {name} graph"
+        else:
+            assert unsupported_by_matrix(op_types, support_matrix(source)) == [], f"{name} has ops the parser lacks"
