@@ -4,9 +4,10 @@ Per driving frame the original demo runs the keypoint detector on the frame,
 normalises the keypoints with two convex hulls computed on the host from a
 device-to-host copy, and then the whole generator on the source image:
 encoder, dense motion source terms, and the full-resolution "deformed" source
-it returns for visualisation.  BatchNorm is not folded.  This class does the
-same work, so that timing it beside :class:`engine.Animator` in one run
-measures what caching and folding save.  It computes the same frames.
+it returns for visualisation.  Layers are not fused (BatchNorm unfolded,
+upsampling then 3x3 convolution).  This class does the same work, so that
+timing it beside :class:`engine.Animator` in one run measures what caching
+and fusing save.  It computes the same frames.
 """
 
 from __future__ import annotations
