@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import GeneratorConfig
 from .dense_motion import DenseMotionNetwork, MotionField, MotionSource
-from .layers import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width
+from .layers import DownBlock2d, PhaseGridConv2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width
 from .motion import Keypoints
 
 
@@ -62,19 +62,26 @@ class Generator(nn.Module):
         self.final = nn.Conv2d(config.block_expansion, config.num_channels, kernel_size=7, padding=3)
 
     def fuse_upsampling(self) -> None:
-        """Merge the decoder's nearest upsampling into its convolutions (:class:`engine.layers.NearestUpsampleConv2d`).
+        """Merge the decoder's nearest upsampling into its convolutions; call after folding BatchNorm.
 
         The two decoder up blocks run at full resolution and carry 9.7 of a
-        frame's 44.7 GMAC; fused, they need 0.44x of that.  The hourglass up
-        blocks of the keypoint detector and the dense motion network stay as
-        they are: they carry little work, and with their many channels at 2x2
-        to 32x32 pixels eager PyTorch runs them bound by weight traffic, which
-        the 1.8x larger fused kernels make slower (measured on a 2-core CPU:
-        fusing them too cost eager 15 ms per frame and saved ONNX Runtime 5 ms).
-        Call after folding BatchNorm.
+        frame's 44.7 GMAC; fused (:class:`engine.layers.NearestUpsampleConv2d`)
+        they need 0.44x of that.  The last one hands its phase grid straight
+        to the final 7x7 convolution (:class:`engine.layers.PhaseGridConv2d`),
+        so the 64-channel full-resolution map is never interleaved.  The
+        hourglass up blocks of the keypoint detector and the dense motion
+        network stay as they are: they carry little work, and with their many
+        channels at 2x2 to 32x32 pixels eager PyTorch runs them bound by weight
+        traffic, which the 1.8x larger fused kernels make slower (measured on
+        a 2-core CPU: fusing them too cost eager 15 ms per frame and saved ONNX
+        Runtime 5 ms).
         """
-        for block in self.up_blocks:
+        if not self.up_blocks or isinstance(self.final, PhaseGridConv2d):
+            return
+        for block in self.up_blocks[:-1]:
             block.fuse_upsampling()
+        self.up_blocks[-1].fuse_upsampling(output="phase_grid")
+        self.final = PhaseGridConv2d(self.final)
 
     def encode_source(self, source: torch.Tensor, keypoints: Keypoints) -> SourceState:
         """source: 1xCxHxW float RGB in [0, 1] and its keypoints -> the cached :class:`SourceState`."""

@@ -51,17 +51,27 @@ class NearestUpsampleConv2d(nn.Module):
     columns j - 1 + b .. j + b (the upsampled map repeats each input pixel
     twice), so the 3x3 kernel collapses into one 2x2 kernel per output phase
     (a, b), summed from the original taps in float64.  One 2x2 convolution with
-    4 * Cout outputs computes all four phases, which are then interleaved:
-    16 instead of 36 multiply-adds per input pixel and channel pair, and no
-    4x larger upsampled map in memory.  Equal to the original up to float32
-    rounding (about 1e-6 relative).
+    4 * Cout outputs computes all four phases on a grid of (H+1)x(W+1)
+    positions (the *phase grid*), which are then interleaved: 16 instead of 36
+    multiply-adds per input pixel and channel pair, and no 4x larger
+    upsampled map in memory.  Equal to the original up to float32 rounding
+    (about 1e-6 relative).
+
+    With ``output="phase_grid"`` the interleaving is left to the next layer
+    (see :class:`PhaseGridConv2d`): the result is the phase grid,
+    Bx(4*Cout)x(H+1)x(W+1), channels ordered (a, b, c), where phase (a, b)
+    at grid position (r, s) is output pixel (2r - a, 2s - b); the positions
+    that fall outside the output image are zero.
     """
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, output: str = "image"):
         super().__init__()
         if (conv.kernel_size, conv.padding, conv.stride, conv.dilation, conv.groups) != ((3, 3), (1, 1), (1, 1), (1, 1), 1):
             raise ValueError(f"NearestUpsampleConv2d needs a plain 3x3 convolution with padding 1, got {conv}")
+        if output not in ("image", "phase_grid"):
+            raise ValueError(f'output must be "image" or "phase_grid", got {output!r}')
         self.out_channels = conv.out_channels
+        self.output = output
         taps = _PHASE_TAPS.to(conv.weight.device)
         weight = torch.einsum("aik,bjl,ockl->abocij", taps, taps, conv.weight.double())
         self.weight = nn.Parameter(weight.flatten(0, 2).to(conv.weight.dtype), requires_grad=False)
@@ -70,10 +80,77 @@ class NearestUpsampleConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2:]
-        # phases[:, a, b, :, i + a, j + b] is output pixel (2i + a, 2j + b): padding 1 makes row 0 input row -1.
-        phases = F.conv2d(x, self.weight, self.bias, padding=1).unflatten(1, (2, 2, self.out_channels))
+        # Padding 1 puts input row -1 at grid row 0: phase a's pixel 2i + a is at grid row i + a.
+        grid = F.conv2d(x, self.weight, self.bias, padding=1)
+        phases = grid.unflatten(1, (2, 2, self.out_channels))
+        if self.output == "phase_grid":
+            return (phases * _inside_mask(height, width, grid.dtype, grid.device)).flatten(1, 3)
         aligned = [phases[:, a, b, :, a:a + height, b:b + width] for a in (0, 1) for b in (0, 1)]
         return F.pixel_shuffle(torch.stack(aligned, dim=2).flatten(1, 2), 2)
+
+
+def _inside_mask(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """2x2x1x(H+1)x(W+1): 1 where phase (a, b)'s grid position lies in the 2Hx2W image, else 0.
+
+    Phase a's grid row r is image row 2r - a: row H of phase 0 and row 0 of phase 1 fall outside.
+    Made of ones, zeros and concatenation only, ops that every exporter and TensorRT converter takes.
+    """
+    zero = torch.zeros(1, dtype=dtype, device=device)
+
+    def inside(size: int) -> torch.Tensor:  # 2 x (size+1), one row per phase
+        ones = torch.ones(size, dtype=dtype, device=device)
+        return torch.stack([torch.cat([ones, zero]), torch.cat([zero, ones])])
+
+    return inside(height)[:, None, None, :, None] * inside(width)[None, :, None, None, :]
+
+
+class PhaseGridConv2d(nn.Module):
+    """``conv`` applied to the image whose phase grid (see :class:`NearestUpsampleConv2d`) is the input.
+
+    grid: Bx(4*Cin)x(H+1)x(W+1) -> BxCoutx(2H)x(2W), for a KxK, padding K//2,
+    stride-1 ``conv``.  Output pixel (2i + p, 2j + q) at kernel offset dy
+    reads image row 2i + p + dy, which is phase a = (p + dy) mod 2 at grid
+    row i + (p + dy + a) / 2: one convolution on the grid, with 4 * Cout
+    outputs (one per output phase) and a kernel of 2 * ceil(K/4) taps per side
+(4x4 for 7x7), computes
+    every output phase, then ``pixel_shuffle`` interleaves them.  The
+    full-resolution Cin-channel image is never made; for the generator's
+    last layer (64 channels in, 3 out, 7x7) that saves interleaving a
+    64-channel 256x256 map and runs a convolution with 12 outputs instead of
+    3, which convolution kernels use far better.  Equal to the original up
+    to float32 rounding.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        size = conv.kernel_size[0]
+        if (conv.kernel_size, conv.padding, conv.stride, conv.dilation, conv.groups) != (
+                (size, size), (size // 2, size // 2), (1, 1), (1, 1), 1) or size % 2 == 0:
+            raise ValueError(f"PhaseGridConv2d needs a plain KxK convolution, K odd, with padding K//2, got {conv}")
+        half = size // 2
+        self.first_offset = -(half // 2)  # grid offsets first_offset .. first_offset + taps - 1
+        taps = (half + 2) // 2 - self.first_offset + 1
+        out_channels, in_channels = conv.weight.shape[:2]
+        weight = torch.zeros(out_channels, 2, 2, 2, 2, in_channels, taps, taps, dtype=conv.weight.dtype,
+                             device=conv.weight.device)  # (o, p, q, a, b, c, row tap, column tap)
+        for p in (0, 1):
+            for a in (0, 1):
+                for row_tap in range(taps):
+                    dy = 2 * (row_tap + self.first_offset) - a - p
+                    if abs(dy) > half:
+                        continue
+                    for q in (0, 1):
+                        for b in (0, 1):
+                            for column_tap in range(taps):
+                                dx = 2 * (column_tap + self.first_offset) - b - q
+                                if abs(dx) <= half:
+                                    weight[:, p, q, a, b, :, row_tap, column_tap] = conv.weight[:, :, dy + half, dx + half]
+        self.weight = nn.Parameter(weight.reshape(4 * out_channels, 4 * in_channels, taps, taps), requires_grad=False)
+        bias = conv.bias if conv.bias is not None else torch.zeros(out_channels, device=conv.weight.device)
+        self.bias = nn.Parameter(bias.detach().repeat_interleave(4), requires_grad=False)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(F.conv2d(grid, self.weight, self.bias, padding=-self.first_offset), 2)
 
 
 class ConvNormRelu(nn.Module):
@@ -114,10 +191,10 @@ class UpBlock2d(ConvNormRelu):
         super().__init__(in_features, out_features, kernel_size, padding)
         self.upsample: nn.Module = nn.Upsample(scale_factor=2.0, mode="nearest")
 
-    def fuse_upsampling(self) -> None:
-        """Merge the upsampling into ``conv`` (see :class:`NearestUpsampleConv2d`); fold BatchNorm first."""
+    def fuse_upsampling(self, output: str = "image") -> None:
+        """Merge the upsampling into ``conv`` (see :class:`NearestUpsampleConv2d` for ``output``); fold BatchNorm first."""
         if isinstance(self.upsample, nn.Upsample):
-            self.conv = NearestUpsampleConv2d(self.conv)
+            self.conv = NearestUpsampleConv2d(self.conv, output)
             self.upsample = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,8 @@ class FirstOrderModel:
 
         Every BatchNorm that follows a convolution is folded into it, then the
         generator's up blocks merge their upsampling into their convolutions
-        (:meth:`Generator.fuse_upsampling`).  The state dicts no longer match
+        and the last one hands its output to the final convolution without
+        interleaving it (:meth:`Generator.fuse_upsampling`).  The state dicts no longer match
         the checkpoint's afterwards.
         """
         for network in (self.kp_detector, self.generator):

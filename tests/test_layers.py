@@ -10,6 +10,7 @@ from torch import nn
 from engine.layers import (
     AntiAliasDownsample,
     NearestUpsampleConv2d,
+    PhaseGridConv2d,
     SameBlock2d,
     UpBlock2d,
     fold_batchnorm_into_conv,
@@ -68,6 +69,27 @@ def test_fused_upsample_conv_rejects_other_convolutions():
         NearestUpsampleConv2d(nn.Conv2d(4, 4, 5, padding=2))
 
 
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+def test_phase_grid_conv_equals_conv_on_the_interleaved_image(kernel_size):
+    up, final = nn.Conv2d(6, 5, 3, padding=1), nn.Conv2d(5, 3, kernel_size, padding=kernel_size // 2)
+    x = torch.randn(2, 6, 5, 7).to(memory_format=torch.channels_last)
+    image = F.relu(up(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+    grid = F.relu(NearestUpsampleConv2d(up, output="phase_grid")(x))
+    assert grid.shape == (2, 4 * 5, 6, 8)
+    torch.testing.assert_close(grid[:, 5:10, :-1, 1:], image[:, :, 0::2, 1::2], rtol=1e-5, atol=1e-5)  # phase (0, 1)
+    assert not grid[:, :5, -1].any() and not grid[:, 15:, 0].any()  # outside the image: zero
+    out = PhaseGridConv2d(final)(grid)
+    assert out.shape == (2, 3, 10, 14)
+    torch.testing.assert_close(out, final(image), rtol=1e-5, atol=1e-5)
+
+
+def test_phase_grid_conv_rejects_other_convolutions():
+    with pytest.raises(ValueError, match="K odd"):
+        PhaseGridConv2d(nn.Conv2d(4, 3, 4, padding=2))
+    with pytest.raises(ValueError, match="padding K//2"):
+        PhaseGridConv2d(nn.Conv2d(4, 3, 7, padding=0))
+
+
 def test_up_block_fusion_keeps_the_function_and_needs_batchnorm_folded_first():
     block = UpBlock2d(4, 3, kernel_size=3, padding=1).eval()
     block.norm = randomised_batchnorm(3)
@@ -84,10 +106,13 @@ def test_up_block_fusion_keeps_the_function_and_needs_batchnorm_folded_first():
         unfolded.fold_batchnorm()
 
 
-def test_fused_model_fuses_only_the_generator_up_blocks(small_model):
-    fused = {name for network in (small_model.kp_detector, small_model.generator)
-             for name, module in network.named_modules() if isinstance(module, NearestUpsampleConv2d)}
-    assert fused == {f"up_blocks.{i}.conv" for i in range(len(small_model.generator.up_blocks))}
+def test_fused_model_fuses_only_the_generator_decoder(small_model):
+    generator = small_model.generator
+    fused = {name for network in (small_model.kp_detector, generator)
+             for name, module in network.named_modules() if isinstance(module, (NearestUpsampleConv2d, PhaseGridConv2d))}
+    last = len(generator.up_blocks) - 1
+    assert fused == {f"up_blocks.{i}.conv" for i in range(last + 1)} | {"final"}
+    assert [block.conv.output for block in generator.up_blocks] == ["image"] * last + ["phase_grid"]
 
 
 def test_antialias_kernel_and_strided_sampling():
