@@ -82,23 +82,39 @@ class OnnxRuntimeBackend(Backend):
         return self.ort.InferenceSession(str(path), options, providers=self.providers)
 
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
-        value, jacobian = self.keypoints_session.run(None, {"frame": _numpy(frames)})
-        return Keypoints(self._tensor(value), self._tensor(jacobian))
+        value, jacobian = self._run(self.keypoints_session, {"frame": self._bindable(frames)})
+        return Keypoints(value, jacobian)
 
-    def render_prepared(self, source: dict[str, np.ndarray], driving: Keypoints) -> torch.Tensor:
-        feeds = dict(source)
-        feeds.update(value=_numpy(driving.value), jacobian=_numpy(driving.jacobian))
-        (frame,) = self.render_session.run(None, feeds)
-        return self._tensor(frame)
+    def render_prepared(self, source: dict[str, torch.Tensor], driving: Keypoints) -> torch.Tensor:
+        inputs = dict(source, value=self._bindable(driving.value), jacobian=self._bindable(driving.jacobian))
+        (frame,) = self._run(self.render_session, inputs)
+        return frame
 
-    def prepare_source(self, source: SourceState) -> dict[str, np.ndarray]:
-        """The source as ONNX Runtime feeds (host arrays), made once per avatar."""
-        return {name: _numpy(tensor) for name, tensor in zip(SOURCE_INPUTS, flatten_source(source))}
+    def prepare_source(self, source: SourceState) -> dict[str, torch.Tensor]:
+        """The source as the render graph's inputs (float32, contiguous, on the model's device), made once per avatar."""
+        return {name: self._bindable(tensor) for name, tensor in zip(SOURCE_INPUTS, flatten_source(source))}
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(self.model.device)
+    def _run(self, session, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Run ``session`` on tensors where they lie, host or GPU memory: nothing is copied through numpy or the host.
 
+        Inputs are bound by address; the outputs are allocated here, on the
+        model's device, at the (static) shapes the graph declares, and bound
+        the same way.  ONNX Runtime synchronises its own stream before
+        returning; PyTorch's is synchronised before the run, since the inputs
+        may still be being written on it.
+        """
+        device = self.model.device
+        kind, index = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+        binding = session.io_binding()
+        for name, tensor in inputs.items():
+            binding.bind_input(name, kind, index, np.float32, list(tensor.shape), tensor.data_ptr())
+        outputs = [torch.empty(meta.shape, dtype=torch.float32, device=device) for meta in session.get_outputs()]
+        for meta, output in zip(session.get_outputs(), outputs):
+            binding.bind_output(meta.name, kind, index, np.float32, list(output.shape), output.data_ptr())
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        session.run_with_iobinding(binding)
+        return outputs
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().float().contiguous().cpu().numpy()
-
+    def _bindable(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to(device=self.model.device, dtype=torch.float32).contiguous()
