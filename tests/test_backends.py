@@ -102,6 +102,26 @@ def test_artifact_key_names_every_dependency():
     assert path.name.startswith("tensorrt-render-") and path.suffix == ".ep"
 
 
+def test_gpu_providers_get_their_device_and_tensorrt_an_engine_cache(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from engine.backends.onnxruntime import PROVIDERS, provider_settings
+
+    providers = provider_settings(list(PROVIDERS), 1, tmp_path / "engines")
+    assert providers[0] == ("TensorrtExecutionProvider", {"device_id": 1, "trt_engine_cache_enable": True,
+                                                          "trt_engine_cache_path": str(tmp_path / "engines")})
+    assert providers[1] == ("CUDAExecutionProvider", {"device_id": 1}) and providers[2] == "CPUExecutionProvider"
+    # ONNX Runtime takes the list as written (absent GPU providers are skipped with a warning).
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "relu", [value],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)
+    (out,) = session.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})
+    np.testing.assert_array_equal(out, [0.0, 2.0])
+
+
 def test_code_fingerprint_changes_with_any_engine_source(tmp_path):
     copy = tmp_path / "engine"
     shutil.copytree(ENGINE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))

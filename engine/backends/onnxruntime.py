@@ -2,7 +2,9 @@
 
 Providers are tried in the order TensorRT, CUDA, CPU.  The graphs are
 exported by :mod:`engine.export` and cached (see
-:mod:`engine.backends.artifacts`); a file that fails to load is rebuilt.
+:mod:`engine.backends.artifacts`); a file that fails to load is rebuilt.  The
+TensorRT provider keeps the engines it builds in the same cache
+(``<cache>/compiled/onnxruntime-tensorrt``), so only the first start builds them.
 ``python -m engine.tensorrt_onnx_ops`` checks that TensorRT's ONNX parser
 takes them.
 """
@@ -18,10 +20,21 @@ import torch
 from ..export import ONNX_OPSET, SOURCE_INPUTS, export_keypoints_onnx, export_render_onnx, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
+from ..weights import cache_root
 from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
 from .base import Backend, BackendUnavailable, weights_fingerprint
 
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def provider_settings(providers: list[str], device_index: int, engine_cache: Path) -> list:
+    """``providers`` as InferenceSession takes them, GPU ones with their device and, for TensorRT, its engine cache."""
+    options = {
+        "TensorrtExecutionProvider": {"device_id": device_index, "trt_engine_cache_enable": True,
+                                      "trt_engine_cache_path": str(engine_cache)},
+        "CUDAExecutionProvider": {"device_id": device_index},
+    }
+    return [(provider, options[provider]) if provider in options else provider for provider in providers]
 
 
 class OnnxRuntimeBackend(Backend):
@@ -79,7 +92,9 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads would spin and steal the cores that framing and PyTorch need between frames.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return self.ort.InferenceSession(str(path), options, providers=self.providers)
+        providers = provider_settings(self.providers, self.model.device.index or 0,
+                                      cache_root() / "compiled" / "onnxruntime-tensorrt")
+        return self.ort.InferenceSession(str(path), options, providers=providers)
 
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
         value, jacobian = self._run(self.keypoints_session, {"frame": self._bindable(frames)})
