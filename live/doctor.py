@@ -138,9 +138,11 @@ def check_cache() -> Iterator[Finding]:
                       "set FOMM_LIVE_HOME to a writable directory")
         return
     copies = sorted((root / "safetensors").glob("*.safetensors"))
-    compiled = sorted((root / "compiled").glob("*-*.*"))
-    size = sum(p.stat().st_size for p in copies + compiled) / 2**20
-    kinds = sorted({p.name.split("-")[0] for p in compiled})  # onnx, tensorrt
+    compiled = sorted(p for p in (root / "compiled").glob("*-*.*") if p.is_file())
+    provider_engines = sorted(p for p in (root / "compiled" / "onnxruntime-tensorrt").glob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in copies + compiled + provider_engines) / 2**20
+    kinds = sorted({p.name.split("-")[0] for p in compiled} | ({"onnxruntime-tensorrt"} if provider_engines else set()))
+    compiled += provider_engines
     yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {len(compiled)} compiled "
                   f"artifacts{' (' + ', '.join(kinds) + ')' if kinds else ''}, {size:.0f} MiB)")
 

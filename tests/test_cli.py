@@ -84,3 +84,18 @@ def test_missing_explicit_weights_names_the_path(tmp_path):
     result = run_tool("--checkpoint", str(tmp_path / "mine.pth.tar"), home=tmp_path / "home", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"looked at: {tmp_path / 'mine.pth.tar'}" in result.stderr
+
+
+def test_doctor_counts_every_kind_of_cached_artifact(tmp_path, monkeypatch):
+    from live.doctor import check_cache
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(home))
+    for name in ("safetensors/w.safetensors", "compiled/onnx-render-1.onnx", "compiled/tensorrt-render-2.ep",
+                 "compiled/onnxruntime-tensorrt/TensorrtExecutionProvider_graph_3.engine"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_bytes(b"x" * 2**20)
+    (finding,) = check_cache()
+    assert finding.status == "OK"
+    assert ("1 safetensors weight copies, 3 compiled artifacts (onnx, onnxruntime-tensorrt, tensorrt), 4 MiB"
+            in finding.detail)
