@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if use_tensorrt:
         print(f"asking TensorRT {tensorrt_version()}'s ONNX parser")
     else:
-        text = args.matrix.read_text() if args.matrix else download_matrix(args.ref)
-        matrix = support_matrix(text)
+        try:
+            matrix = support_matrix(args.matrix.read_text() if args.matrix else download_matrix(args.ref))
+        except (OSError, RuntimeError, ValueError) as error:
+            print(f"error: no support matrix to check against: {error}", file=sys.stderr)
+            return 2
         source = args.matrix or MATRIX_URL.format(ref=args.ref)
         print(f"onnx-tensorrt support matrix {source}: {sum(matrix.values())} of {len(matrix)} ops supported")
     failed = False
