@@ -92,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "vox-adv-256.yaml"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as directory:
-        wheel = args.wheel or download_wheel(Path(directory))
-        registry = converter_registry(wheel)
+        try:
+            wheel = args.wheel or download_wheel(Path(directory))
+            registry = converter_registry(wheel)
+        except (OSError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
+            print(f"error: no torch-tensorrt converter registry to check against: {error}", file=sys.stderr)
+            return 2
         programs = export_per_frame(load_model(args.config, None))
         print(f"{wheel.name}: {len(registry)} converters")
         failed = False
