@@ -90,7 +90,7 @@ class FirstOrderModel:
             where = "the CPU"
         line = f"{self.config.name} on {where}: backend {self.backend.name}, {self.backend.precision}"
         if device.type == "cpu":
-            line += " -- WARNING: no GPU in use, expect about 1 frame per second (see run_live.py --doctor)"
+            line += " -- WARNING: no GPU in use, expect 1 to 5 frames per second (see run_live.py --doctor)"
         return line
 
     def to(self, device: str | torch.device) -> "FirstOrderModel":
