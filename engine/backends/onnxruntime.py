@@ -59,13 +59,16 @@ class OnnxRuntimeBackend(Backend):
         except ImportError as error:
             raise BackendUnavailable(f"onnxruntime is not installed ({error}); pip install -e \".[onnx]\"") from None
         self.ort = onnxruntime
+        self.device = model.device
+        # Where IOBinding finds the tensors: ONNX Runtime's name for the device, and its index.
+        self.binding_device = ("cuda", self.device.index or 0) if self.device.type == "cuda" else ("cpu", 0)
         available = onnxruntime.get_available_providers()
-        wanted = PROVIDERS if model.device.type == "cuda" else ("CPUExecutionProvider",)
+        wanted = PROVIDERS if self.device.type == "cuda" else ("CPUExecutionProvider",)
         self.providers = [p for p in wanted if p in available]
         if not self.providers:
             raise BackendUnavailable(f"onnxruntime offers none of {list(wanted)} (it has {available})")
         key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
-                   device=device_description(model.device), opset=str(ONNX_OPSET), torch=torch.__version__,
+                   device=device_description(self.device), opset=str(ONNX_OPSET), torch=torch.__version__,
                    onnxruntime=onnxruntime.__version__, onnx=library_version("onnx"),
                    align_corners=str(model.generator.align_corners))
         self.keypoints_session = self._session("keypoints", key, lambda path: export_keypoints_onnx(model, path))
@@ -92,7 +95,7 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads would spin and steal the cores that framing and PyTorch need between frames.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = provider_settings(self.providers, self.model.device.index or 0,
+        providers = provider_settings(self.providers, self.binding_device[1],
                                       cache_root() / "compiled" / "onnxruntime-tensorrt")
         return self.ort.InferenceSession(str(path), options, providers=providers)
 
@@ -118,18 +121,17 @@ class OnnxRuntimeBackend(Backend):
         returning; PyTorch's is synchronised before the run, since the inputs
         may still be being written on it.
         """
-        device = self.model.device
-        kind, index = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+        kind, index = self.binding_device
         binding = session.io_binding()
         for name, tensor in inputs.items():
             binding.bind_input(name, kind, index, np.float32, list(tensor.shape), tensor.data_ptr())
-        outputs = [torch.empty(meta.shape, dtype=torch.float32, device=device) for meta in session.get_outputs()]
+        outputs = [torch.empty(meta.shape, dtype=torch.float32, device=self.device) for meta in session.get_outputs()]
         for meta, output in zip(session.get_outputs(), outputs):
             binding.bind_output(meta.name, kind, index, np.float32, list(output.shape), output.data_ptr())
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return outputs
 
     def _bindable(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.detach().to(device=self.model.device, dtype=torch.float32).contiguous()
+        return tensor.detach().to(device=self.device, dtype=torch.float32).contiguous()
