@@ -1,24 +1,33 @@
 """One prepared check for a CUDA machine: parity and speed of every backend and precision, in a few minutes.
 
     python benchmarks/gpu_check.py --out benchmarks/results/gpu-check.json
+    python benchmarks/gpu_check.py --device cpu --backend eager --frames 3   # a dry run of this script
 
-For each backend usable on the GPU and each precision it offers, with random
-vox-adv-256 weights (the cost of the real ones): build it (timed, the artifact
-cache disabled by a fresh FOMM_LIVE_HOME), then compare its keypoints and
-rendered frames with eager float32 on the same inputs (max abs error), and
-time the per-frame work (keypoints + render, batch 1) with CUDA events:
-median and p95 milliseconds over --frames frames after --warmup.  Prints a
-table and writes JSON.  Nothing here needs a checkpoint, a webcam or a display.
+For each backend usable on the device and each precision it offers, with
+random vox-adv-256 weights (the cost of the real ones) unless --checkpoint is
+given: build it (timed, the artifact cache disabled by a fresh FOMM_LIVE_HOME),
+then compare its keypoints and rendered frame with eager float32 on the same
+inputs (max abs error; keypoints in normalised [-1, 1] units, frames in [0, 1]),
+then time the per-frame work (keypoints + render, batch 1) in a second thread,
+as the live pipeline runs it: CUDA events on CUDA, wall clock on the CPU;
+median and p95 milliseconds over --frames frames after --warmup, and the first
+frame in that thread on its own (CUDA graphs are recorded per thread).
+
+One backend failing, whatever the exception, is a row with its error, never
+the end of the run; the JSON is rewritten after every row, so a run cut short
+by a time limit still leaves what it measured.  Nothing here needs a
+webcam or a display.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
-import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,86 +35,155 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.fps_report import summarize  # noqa: E402
 from engine import load_model  # noqa: E402
-from engine.backends import BACKENDS, BackendUnavailable, backend_class  # noqa: E402
+from engine.backends import BACKENDS, backend_class  # noqa: E402
 from engine.motion import make_motion_reference, transfer_motion  # noqa: E402
 
+OPTIONAL_LIBRARIES = ("triton", "onnxruntime", "onnxruntime-gpu", "torch-tensorrt", "tensorrt")
 
-def time_frames(model, state, frame, motion, frames: int, warmup: int) -> list[float]:
+
+def environment(device: torch.device, config: str, checkpoint: str | None) -> dict:
+    """What the numbers depend on: device, torch and CUDA, and which optional libraries are installed."""
+    versions = {}
+    for library in OPTIONAL_LIBRARIES:
+        try:
+            versions[library] = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            versions[library] = None
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": where, "torch": torch.__version__, "cuda": torch.version.cuda, "libraries": versions,
+            "config": config, "weights": checkpoint or "random"}
+
+
+def frame_times(model, state, frame, motion, frames: int, warmup: int) -> list[float]:
+    """Milliseconds per frame (keypoints, motion transfer and render), the first ``warmup`` included."""
+    cuda = frame.device.type == "cuda"
     times = []
-    for index in range(warmup + frames):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    for _ in range(warmup + frames):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            started = time.perf_counter()
         model.render(state, transfer_motion(model.detect_keypoints(frame), motion, relative=True))
-        end.record()
-        torch.cuda.synchronize()
-        if index >= warmup:
+        if cuda:
+            end.record()
+            torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
+        else:
+            times.append((time.perf_counter() - started) * 1000)
     return times
 
 
-def main() -> int:
+def frame_times_in_thread(*args) -> list[float]:
+    """:func:`frame_times` in a new thread, as the live pipeline's inference thread runs the model."""
+    result: dict = {}
+
+    def work():
+        try:
+            result["times"] = frame_times(*args)
+        except BaseException as error:  # handed to the caller's thread
+            result["error"] = error
+
+    thread = threading.Thread(target=work, name="inference")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["times"]
+
+
+def check_backend(name: str, precision: str, args, device, reference: dict) -> dict:
+    """One row: build time, errors against eager float32, and per-frame timings."""
+    row: dict = {"backend": name, "precision": precision}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)  # the same random weights as the reference
+    started = time.perf_counter()
+    model = load_model(args.config, args.checkpoint, device=device, backend=name, precision=precision)
+    row["build_s"] = round(time.perf_counter() - started, 1)
+    state, motion, driving = reference["state"], reference["motion"], reference["driving"]
+    keypoints = model.detect_keypoints(driving)
+    frame = model.render(state, transfer_motion(keypoints, motion, relative=True))
+    row["keypoint_error"] = float((keypoints.value - reference["keypoints"].value).abs().max())
+    row["jacobian_error"] = float((keypoints.jacobian - reference["keypoints"].jacobian).abs().max())
+    row["frame_error"] = float((frame - reference["frame"]).abs().max())
+    times = frame_times_in_thread(model, state, driving, motion, args.frames, args.warmup)
+    row["first_frame_in_thread_ms"] = round(times[0], 2)
+    summary = summarize(times[args.warmup:])
+    row["ms_median"], row["ms_p95"], row["fps"] = summary["p50"], summary["p95"], 1000 / summary["mean"]
+    if device.type == "cuda":
+        row["peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return row
+
+
+def table(report: dict) -> str:
+    where = report["environment"]
+    lines = [f"{where['device']}, torch {where['torch']}, {where['config']}, {where['weights']} weights",
+             "| backend | precision | build s | max keypoint error | max frame error | first frame ms | ms median | ms p95 "
+             "| FPS |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['backend']} | {row['precision']} | not usable: {row['error']} |")
+        else:
+            lines.append(f"| {row['backend']} | {row['precision']} | {row['build_s']} | {row['keypoint_error']:.2e} | "
+                         f"{row['frame_error']:.2e} | {row['first_frame_in_thread_ms']:.1f} | {row['ms_median']:.2f} | "
+                         f"{row['ms_p95']:.2f} | {row['fps']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/vox-adv-256.yaml")
+    parser.add_argument("--checkpoint", help="weights to load (default: random weights of --config)")
+    parser.add_argument("--device", default="cuda", help="cuda (the point of this script) or cpu (a dry run)")
+    parser.add_argument("--backend", action="append", choices=sorted(BACKENDS),
+                        help="check only this backend (repeatable; default: all)")
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("error: no CUDA device", file=sys.stderr)
+    parser.add_argument("--out", type=Path, help="JSON report, rewritten after every row")
+    args = parser.parse_args(argv)
+    if args.frames < 1 or args.warmup < 1:
+        parser.error("--frames and --warmup must be at least 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device here (use --device cpu for a dry run)", file=sys.stderr)
         return 2
     os.environ["FOMM_LIVE_HOME"] = tempfile.mkdtemp(prefix="gpu-check-")  # measure cold builds
-    device = torch.device("cuda")
+
     torch.manual_seed(0)
-    reference = load_model(args.config, None, device=device)
-    height, width = reference.frame_size
+    model = load_model(args.config, args.checkpoint, device=device)
+    height, width = model.frame_size
     generator = torch.Generator().manual_seed(1)
     source, driving, calibration = (torch.rand(1, 3, height, width, generator=generator).to(device) for _ in range(3))
-    state = reference.encode_source(source)
-    motion = make_motion_reference(state.motion.keypoints, reference.detect_keypoints(calibration), adapt_scale=True)
-    expected_keypoints = reference.detect_keypoints(driving)
-    expected_frame = reference.render(state, transfer_motion(expected_keypoints, motion, relative=True))
+    state = model.encode_source(source)
+    motion = make_motion_reference(state.motion.keypoints, model.detect_keypoints(calibration), adapt_scale=True)
+    keypoints = model.detect_keypoints(driving)
+    reference = {"state": state, "motion": motion, "driving": driving, "keypoints": keypoints,
+                 "frame": model.render(state, transfer_motion(keypoints, motion, relative=True))}
+    del model
 
-    rows = []
-    for name in BACKENDS:
+    report = {"environment": environment(device, args.config, args.checkpoint), "frames": args.frames,
+              "warmup": args.warmup, "rows": []}
+    print(json.dumps(report["environment"]), flush=True)
+    for name in args.backend or BACKENDS:
         backend = backend_class(name)
         reason = backend.unavailable_reason(device)
-        for precision in backend.precisions.get("cuda", ()) if reason is None else ("-",):
-            row = {"backend": name, "precision": precision}
+        for precision in backend.precisions.get(device.type, ()) if reason is None else ("-",):
             if reason:
-                rows.append({**row, "error": reason})
-                continue
-            try:
-                torch.manual_seed(0)
-                started = time.perf_counter()
-                model = load_model(args.config, None, device=device, backend=name, precision=precision)
-                row["build_s"] = round(time.perf_counter() - started, 1)
-                keypoints = model.detect_keypoints(driving)
-                frame = model.render(state, transfer_motion(keypoints, motion, relative=True))
-                row["keypoint_error"] = float((keypoints.value - expected_keypoints.value).abs().max())
-                row["frame_error"] = float((frame - expected_frame).abs().max())
-                times = time_frames(model, state, driving, motion, args.frames, args.warmup)
-                row["ms_median"] = statistics.median(times)
-                row["ms_p95"] = sorted(times)[int(0.95 * (len(times) - 1))]
-                row["fps"] = 1000 / statistics.mean(times)
-                del model
-            except (BackendUnavailable, RuntimeError) as error:
-                row["error"] = f"{type(error).__name__}: {error}"[:300]
-            rows.append(row)
+                row = {"backend": name, "precision": precision, "error": reason}
+            else:
+                try:
+                    row = check_backend(name, precision, args, device, reference)
+                except Exception as error:  # one backend's failure is a finding, not the end of the run
+                    row = {"backend": name, "precision": precision, "error": f"{type(error).__name__}: {error}"[:400]}
+            report["rows"].append(row)
             print(json.dumps(row), flush=True)
-
-    print(f"\n{torch.cuda.get_device_name(device)}, torch {torch.__version__}, {args.config}, random weights")
-    print("| backend | precision | build s | max keypoint error | max frame error | ms median | ms p95 | FPS |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        if "error" in row:
-            print(f"| {row['backend']} | {row['precision']} | not usable: {row['error']} |")
-        else:
-            print(f"| {row['backend']} | {row['precision']} | {row['build_s']} | {row['keypoint_error']:.2e} | "
-                  f"{row['frame_error']:.2e} | {row['ms_median']:.2f} | {row['ms_p95']:.2f} | {row['fps']:.1f} |")
-    if args.out:
-        args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                                        "config": args.config, "rows": rows}, indent=2) + "\n")
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("\n" + table(report))
     return 0
 
 

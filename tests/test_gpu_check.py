@@ -1,0 +1,53 @@
+"""benchmarks/gpu_check.py, run on the CPU: the script a GPU session gets one try at must work before it gets there."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+
+from .conftest import SMALL_PARITY_DIR
+
+FIXTURE_ARGS = ["--device", "cpu", "--config", str(SMALL_PARITY_DIR / "config.yaml"),
+                "--checkpoint", str(SMALL_PARITY_DIR / "checkpoint.pth.tar"), "--frames", "2", "--warmup", "1"]
+
+
+def test_dry_run_checks_parity_and_times_each_backend_in_a_thread(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert gpu_check.main([*FIXTURE_ARGS, "--backend", "eager", "--backend", "onnxruntime", "--backend", "tensorrt",
+                           "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["environment"]["device"] == "cpu" and report["environment"]["weights"].endswith("checkpoint.pth.tar")
+    rows = {row["backend"]: row for row in report["rows"]}
+    assert list(rows) == ["eager", "onnxruntime", "tensorrt"]
+    assert rows["eager"]["keypoint_error"] == 0 and rows["eager"]["frame_error"] == 0
+    assert rows["onnxruntime"]["keypoint_error"] < 1e-4 and rows["onnxruntime"]["frame_error"] < 1e-4
+    for row in (rows["eager"], rows["onnxruntime"]):
+        assert 0 < row["ms_median"] <= row["ms_p95"] and row["first_frame_in_thread_ms"] > 0
+    assert rows["tensorrt"] == {"backend": "tensorrt", "precision": "-", "error": "runs only on cuda"}
+    assert "| onnxruntime | float32 |" in capsys.readouterr().out
+
+
+def test_a_backend_that_breaks_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    original = gpu_check.check_backend
+
+    def break_eager(name, *args):
+        if name == "eager":
+            raise AssertionError("cudagraph trees: accessing an overwritten output")
+        return original(name, *args)
+
+    monkeypatch.setattr(gpu_check, "check_backend", break_eager)
+    out = tmp_path / "check.json"
+    assert gpu_check.main([*FIXTURE_ARGS, "--backend", "eager", "--backend", "onnxruntime", "--out", str(out)]) == 0
+    eager, onnxruntime = json.loads(out.read_text())["rows"]
+    assert eager["error"] == "AssertionError: cudagraph trees: accessing an overwritten output"
+    assert onnxruntime["frame_error"] < 1e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the refusal cannot be seen here")
+def test_refuses_cuda_without_a_gpu(capsys):
+    assert gpu_check.main(["--device", "cuda"]) == 2
+    assert "no CUDA device here" in capsys.readouterr().err
