@@ -5,7 +5,10 @@ decorator in ``torch_tensorrt/dynamo/conversion/``.  The wheel installs only
 where TensorRT's libraries do, but its Python source can be read anywhere:
 this module reads the decorators out of the wheel (``pip download --no-deps
 torch-tensorrt``) and checks every core-ATen op of the exported per-frame
-graphs against them.
+graphs against them.  It also reads, from the same source, the signature of
+every torch-tensorrt function that ``engine/backends/tensorrt.py`` calls, and
+checks that each keyword argument the backend passes is a named parameter of
+it (a keyword swallowed by ``**kwargs`` would be silently ignored).
 
     python -m engine.tensorrt_ops                      # downloads the wheel matching torch, checks vox-adv-256
     python -m engine.tensorrt_ops --wheel torch_tensorrt-2.13.0-*.whl --config configs/vox-256.yaml
@@ -25,6 +28,8 @@ import torch
 
 CONVERSION_PACKAGE = "torch_tensorrt/dynamo/conversion/"
 DECORATOR = "dynamo_tensorrt_converter"
+PACKAGE = "torch_tensorrt"
+BACKEND_SOURCE = Path(__file__).resolve().parent / "backends" / "tensorrt.py"
 
 
 def converter_registry(wheel: Path) -> set[str]:
@@ -70,6 +75,54 @@ def unconvertible(targets: set[str], registry: set[str]) -> list[str]:
     return missing
 
 
+def torch_tensorrt_calls(source: str) -> dict[str, set[str]]:
+    """The torch-tensorrt functions ``source`` calls, by dotted name under the package, with the keywords passed.
+
+    A call counts when its function is an attribute chain through the name
+    ``torch_tensorrt`` (``torch_tensorrt.save(...)``, ``self.torch_tensorrt.dynamo.compile(...)``):
+    e.g. {"dynamo.compile": {"arg_inputs", "min_block_size"}, "load": set()}.
+    """
+    calls: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        chain, function = [], node.func
+        while isinstance(function, ast.Attribute):
+            chain.insert(0, function.attr)
+            function = function.value
+        if isinstance(function, ast.Name):
+            chain.insert(0, function.id)
+        if PACKAGE in chain[:-1]:
+            name = ".".join(chain[chain.index(PACKAGE) + 1:])
+            calls.setdefault(name, set()).update(keyword.arg for keyword in node.keywords if keyword.arg)
+    return calls
+
+
+def signature_mismatches(wheel: Path, calls: dict[str, set[str]]) -> list[str]:
+    """What in ``calls`` the wheel's source does not take: a function it does not define, or a keyword that is
+    not a named parameter.  ``dynamo.compile`` is looked up as a top-level ``def compile`` in the modules directly
+    inside ``torch_tensorrt/dynamo/`` (re-exports lead there).
+    """
+    with zipfile.ZipFile(wheel) as archive:
+        sources = {name: archive.read(name) for name in archive.namelist() if name.endswith(".py")}
+    problems = []
+    for dotted, keywords in sorted(calls.items()):
+        *package, function = dotted.split(".")
+        folder = "/".join([PACKAGE, *package]) + "/"
+        definitions = [node for name, source in sources.items()
+                       if name.startswith(folder) and "/" not in name[len(folder):]
+                       for node in ast.parse(source).body
+                       if isinstance(node, ast.FunctionDef) and node.name == function]
+        if not definitions:
+            problems.append(f"{PACKAGE}.{dotted}: no such function in {wheel.name}")
+            continue
+        parameters = {argument.arg for definition in definitions for argument in
+                      (*definition.args.posonlyargs, *definition.args.args, *definition.args.kwonlyargs)}
+        for keyword in sorted(keywords - parameters):
+            problems.append(f"{PACKAGE}.{dotted}: no parameter {keyword!r} in {wheel.name}")
+    return problems
+
+
 def download_wheel(directory: Path) -> Path:
     """``pip download --no-deps`` the torch-tensorrt release built for the installed torch's major.minor."""
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
@@ -100,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         programs = export_per_frame(load_model(args.config, None))
         print(f"{wheel.name}: {len(registry)} converters")
-        failed = False
+        calls = torch_tensorrt_calls(BACKEND_SOURCE.read_text())
+        mismatches = signature_mismatches(wheel, calls)
+        failed = bool(mismatches)
+        print("calls from engine/backends/tensorrt.py: " + "; ".join(
+            f"{PACKAGE}.{name}({', '.join(sorted(keywords))})" for name, keywords in sorted(calls.items())))
+        print("  " + ("; ".join(mismatches) if mismatches else "every function exists and takes every keyword passed"))
         for name, program in programs._asdict().items():
             targets = aten_targets(program)
             missing = unconvertible(targets, registry)

@@ -25,7 +25,14 @@ from engine.tensorrt_onnx_ops import (
     tensorrt_version,
     unsupported_by_matrix,
 )
-from engine.tensorrt_ops import converter_registry, download_wheel, unconvertible
+from engine.tensorrt_ops import (
+    BACKEND_SOURCE,
+    converter_registry,
+    download_wheel,
+    signature_mismatches,
+    torch_tensorrt_calls,
+    unconvertible,
+)
 
 SOURCE = '''
 import operator
@@ -68,6 +75,47 @@ def test_every_per_frame_op_has_a_torch_tensorrt_converter(small_model, wheel):
         assert "aten.convolution.default" in targets
         assert unconvertible(targets, registry) == [], f"{name} has ops torch-tensorrt cannot convert"
     assert "aten.grid_sampler_2d.default" in aten_targets(programs.render)
+
+
+CALLER = """
+import torch_tensorrt
+class Backend:
+    def build(self, program, inputs, path):
+        compiled = self.torch_tensorrt.dynamo.compile(program, arg_inputs=inputs, min_block_size=1)
+        torch_tensorrt.save(compiled, path, output_format="exported_program", **{"retrace": False})
+        return torch_tensorrt.load(path), torch_tensorrt.runtime.gone(), torch.export.load(path)
+"""
+
+API = """
+def compile(exported_program, inputs=None, *, arg_inputs=None, min_block_size=5, **kwargs): ...
+def helper(min_block_size, enabled_precisions): ...
+"""
+
+
+def test_calls_into_torch_tensorrt_are_found_with_their_keywords():
+    assert torch_tensorrt_calls(CALLER) == {"dynamo.compile": {"arg_inputs", "min_block_size"},
+                                            "save": {"output_format"}, "load": set(), "runtime.gone": set()}
+
+
+def test_a_keyword_only_kwargs_would_swallow_is_a_mismatch(tmp_path):
+    wheel = tmp_path / "torch_tensorrt-0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("torch_tensorrt/dynamo/_compiler.py", API)
+        archive.writestr("torch_tensorrt/_compile.py", "def load(file_path, extra_files=None, **kwargs): ...\n")
+        archive.writestr("torch_tensorrt/dynamo/backend/backends.py", "def load(path, enabled_precisions): ...\n")
+    calls = {"dynamo.compile": {"arg_inputs", "min_block_size", "enabled_precisions"}, "load": {"extra_files"},
+             "dynamo.load": set(), "save": set()}
+    assert signature_mismatches(wheel, calls) == [
+        f"torch_tensorrt.dynamo.compile: no parameter 'enabled_precisions' in {wheel.name}",
+        f"torch_tensorrt.dynamo.load: no such function in {wheel.name}",
+        f"torch_tensorrt.save: no such function in {wheel.name}",
+    ]
+
+
+def test_the_tensorrt_backend_calls_torch_tensorrt_as_its_release_defines(wheel):
+    calls = torch_tensorrt_calls(BACKEND_SOURCE.read_text())
+    assert {"dynamo.compile", "save", "load"} <= set(calls)
+    assert signature_mismatches(wheel, calls) == []
 
 
 MATRIX = """

@@ -3,12 +3,15 @@
 The keypoint detector and the render step (with flat inputs, see
 :class:`engine.export.FlatRender`) are cast to float16, exported with
 ``torch.export`` and compiled by ``torch_tensorrt.dynamo.compile``.  The
-compiled programs are saved in the artifact cache and loaded on later starts;
-an entry that fails to load is rebuilt.  Inputs stay on the GPU: the engines
+compiled programs are saved in the artifact cache and loaded on later starts
+with ``torch_tensorrt.load`` (which registers the engine-execution op even
+where only torch-tensorrt's Python runtime is present); an entry that fails to
+load is rebuilt.  Inputs stay on the GPU: the engines
 run on the current CUDA stream, with no host copy.
 
 ``python -m engine.tensorrt_ops`` checks, without TensorRT, that every op of
-these graphs has a torch-tensorrt converter.
+these graphs has a torch-tensorrt converter, and that every keyword argument
+this module passes to torch-tensorrt is a parameter of the function it calls.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class TensorRTBackend(Backend):
         path = artifact_path(f"tensorrt-{part}", ".ep", part=part, **key)
         if path.exists():
             try:
-                return torch.export.load(str(path)).module()
+                return self.torch_tensorrt.load(str(path)).module()
             except Exception as error:
                 print(f"cached TensorRT engine {path} is unusable ({error}); rebuilding it", file=sys.stderr)
                 path.unlink()
@@ -80,7 +83,7 @@ class TensorRTBackend(Backend):
                 compiled, str(temporary), output_format="exported_program", arg_inputs=list(inputs)))
         except Exception as error:
             raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {type(error).__name__}: {error}") from error
-        return torch.export.load(str(path)).module()
+        return self.torch_tensorrt.load(str(path)).module()
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
