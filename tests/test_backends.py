@@ -15,7 +15,7 @@ import torch
 
 import engine.backends
 from engine import Animator, EngineError, load_model
-from engine.backends import backend_class
+from engine.backends import BackendUnavailable, backend_class
 from engine.backends.artifacts import ENGINE_ROOT, artifact_path, code_fingerprint
 
 from .conftest import SMALL_PARITY_DIR
@@ -120,6 +120,32 @@ def test_gpu_providers_get_their_device_and_tensorrt_an_engine_cache(tmp_path):
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)
     (out,) = session.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})
     np.testing.assert_array_equal(out, [0.0, 2.0])
+    # That session fell back to the CPU without an error: on a CUDA device the backend must refuse it.
+    from engine.backends.onnxruntime import check_providers_in_use
+
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    check_providers_in_use(session.get_providers(), torch.device("cpu"))
+    with pytest.raises(BackendUnavailable, match=r"could not start its CUDA or TensorRT provider \(the session has only "
+                                                  r"\['CPUExecutionProvider'\]"):
+        check_providers_in_use(session.get_providers(), torch.device("cuda"))
+    check_providers_in_use(["CUDAExecutionProvider", "CPUExecutionProvider"], torch.device("cuda"))
+
+
+@pytest.mark.parametrize(("installed", "expected"), [
+    ({"onnxruntime"}, "the CPU build of onnxruntime is installed, which has no GPU provider: pip uninstall -y onnxruntime "
+                      "onnxruntime-gpu && pip install onnxruntime-gpu"),
+    ({"onnxruntime", "onnxruntime-gpu"}, "both onnxruntime (CPU) and onnxruntime-gpu are installed and the CPU one hides "
+                                         "the GPU providers: pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+                                         "onnxruntime-gpu"),
+    ({"onnxruntime-gpu"}, "onnxruntime-gpu is installed but the onnxruntime module found offers no GPU provider: "
+                          "pip install --force-reinstall onnxruntime-gpu"),
+])
+def test_no_gpu_provider_names_the_package_mix_up_and_its_fix(monkeypatch, installed, expected):
+    pytest.importorskip("onnxruntime")
+    from engine.backends import onnxruntime as backend
+
+    monkeypatch.setattr(backend, "installed_distributions", lambda: installed | {"torch", "numpy"})
+    assert backend.OnnxRuntimeBackend.unavailable_reason(torch.device("cuda")) == expected
 
 
 def test_code_fingerprint_changes_with_any_engine_source(tmp_path):

@@ -11,6 +11,7 @@ takes them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 from pathlib import Path
 
@@ -37,6 +38,38 @@ def provider_settings(providers: list[str], device_index: int, engine_cache: Pat
     return [(provider, options[provider]) if provider in options else provider for provider in providers]
 
 
+def installed_distributions() -> set[str]:
+    """Names (lower case) of the installed Python distributions."""
+    return {(distribution.metadata["Name"] or "").lower() for distribution in importlib.metadata.distributions()}
+
+
+def missing_gpu_providers_reason(onnxruntime_packages: set[str]) -> str:
+    """Why ONNX Runtime offers no GPU provider, and the fix, given which of its packages are installed.
+
+    ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` install the same ``onnxruntime`` module: with both present
+    whichever was installed last wins, often the CPU one, and the GPU providers vanish.
+    """
+    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    if onnxruntime_packages == {"onnxruntime", "onnxruntime-gpu"}:
+        return f"both onnxruntime (CPU) and onnxruntime-gpu are installed and the CPU one hides the GPU providers: {fix}"
+    if "onnxruntime-gpu" in onnxruntime_packages:
+        return ("onnxruntime-gpu is installed but the onnxruntime module found offers no GPU provider: "
+                "pip install --force-reinstall onnxruntime-gpu")
+    return f"the CPU build of onnxruntime is installed, which has no GPU provider: {fix}"
+
+
+def check_providers_in_use(in_use: list[str], device: torch.device) -> None:
+    """Raise BackendUnavailable when a session on a CUDA device came up with no GPU provider.
+
+    ONNX Runtime lists the providers its build contains; one whose libraries
+    (CUDA, cuDNN, TensorRT) fail to load is dropped when the session is made,
+    with a logged error only, and the session silently runs on the CPU.
+    """
+    if device.type == "cuda" and not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(in_use):
+        raise BackendUnavailable(f"ONNX Runtime could not start its CUDA or TensorRT provider (the session has only {in_use}; "
+                                 "its log above names the library that failed to load)")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     precisions = {"cpu": ("float32",), "cuda": ("float32",)}
@@ -49,7 +82,7 @@ class OnnxRuntimeBackend(Backend):
             return 'onnxruntime is not installed: pip install -e ".[onnx]"'
         if device.type == "cuda" and not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(
                 onnxruntime.get_available_providers()):
-            return "this onnxruntime has no GPU provider (pip install onnxruntime-gpu)"
+            return missing_gpu_providers_reason({"onnxruntime", "onnxruntime-gpu"} & installed_distributions())
         return super().unavailable_reason(device)
 
     def __init__(self, model, precision: str):
@@ -73,13 +106,15 @@ class OnnxRuntimeBackend(Backend):
                    align_corners=str(model.generator.align_corners))
         self.keypoints_session = self._session("keypoints", key, lambda path: export_keypoints_onnx(model, path))
         self.render_session = self._session("render", key, lambda path: export_render_onnx(model, path))
-        self.description = f"providers {self.providers}"
+        self.description = f"providers {self.render_session.get_providers()}"
 
     def _session(self, part: str, key: dict, export):
         path = artifact_path(f"onnx-{part}", ".onnx", part=part, **key)
         if path.exists():
             try:
                 return self._open(path)
+            except BackendUnavailable:  # the providers, not the file
+                raise
             except Exception as error:  # a corrupt or incompatible file: rebuild it
                 print(f"cached ONNX file {path} is unusable ({error}); rebuilding it", file=sys.stderr)
                 path.unlink()
@@ -97,7 +132,9 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = provider_settings(self.providers, self.binding_device[1],
                                       cache_root() / "compiled" / "onnxruntime-tensorrt")
-        return self.ort.InferenceSession(str(path), options, providers=providers)
+        session = self.ort.InferenceSession(str(path), options, providers=providers)
+        check_providers_in_use(session.get_providers(), self.device)
+        return session
 
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
         value, jacobian = self._run(self.keypoints_session, {"frame": self._bindable(frames)})
