@@ -21,9 +21,10 @@ from .motion import Keypoints, inverse_2x2
 class MotionSource(NamedTuple):
     """What the dense motion network needs of the source, computed once per avatar.
 
-    image: 1xCxhxw float in [0, 1], the source downsampled by ``scale_factor``;
-    heatmaps: 1xKxhxw float in (0, 1], Gaussians around the source keypoints;
-    keypoints: the source keypoints (1xKx2, 1xKx2x2).
+    image: 1xCxhxw float32 in [0, 1], the source downsampled by ``scale_factor``
+    (only ever sampled, in float32); heatmaps: 1xKxhxw in (0, 1], Gaussians
+    around the source keypoints, in the dtype the network runs in; keypoints:
+    the source keypoints (1xKx2, 1xKx2x2), float32.
     """
 
     image: torch.Tensor
@@ -34,10 +35,11 @@ class MotionSource(NamedTuple):
 class MotionField(NamedTuple):
     """Output of the dense motion network for a batch of B driving poses.
 
-    deformation: Bxhxwx2, for each output pixel the source position to sample,
-    in [-1, 1] grid_sample coordinates (x, y); occlusion: Bx1xhxw in (0, 1), or
-    None for models without occlusion; masks: Bx(K+1)xhxw softmax weights of
-    the background and each keypoint's local motion.
+    deformation: Bxhxwx2 float32, for each output pixel the source position to
+    sample, in [-1, 1] grid_sample coordinates (x, y); occlusion: Bx1xhxw in
+    (0, 1) in the network's dtype, or None for models without occlusion;
+    masks: Bx(K+1)xhxw float32 softmax weights of the background and each
+    keypoint's local motion.
     """
 
     deformation: torch.Tensor
@@ -73,8 +75,10 @@ class DenseMotionNetwork(nn.Module):
     def sparse_motions(self, source: Keypoints, driving: Keypoints, grid: torch.Tensor) -> torch.Tensor:
         """The K+1 candidate motions T_k(z) = x_s + J_s J_d^-1 (z - x_d), identity first.
 
-        source: batch 1 or B; driving: batch B; grid: hxwx2 -> Bx(K+1)xhxwx2.
+        source: batch 1 or B; driving: batch B; grid: hxwx2 float32 -> Bx(K+1)xhxwx2 float32.
         """
+        source, driving = Keypoints(source.value.float(), source.jacobian.float()), Keypoints(
+            driving.value.float(), driving.jacobian.float())
         affine = torch.matmul(source.jacobian, inverse_2x2(driving.jacobian))  # BxKx2x2
         offset = grid.unsqueeze(0).unsqueeze(0) - driving.value.unsqueeze(2).unsqueeze(2)  # BxKxhxwx2
         a = affine.unsqueeze(2).unsqueeze(2)  # BxKx1x1x2x2
@@ -86,16 +90,23 @@ class DenseMotionNetwork(nn.Module):
         return torch.cat([identity, keypoint_motions], dim=1)
 
     def forward(self, source: MotionSource, driving: Keypoints) -> MotionField:
-        """Per-frame step: the cached source and B driving poses (normalised) -> :class:`MotionField`."""
+        """Per-frame step: the cached source and B driving poses (normalised) -> :class:`MotionField`.
+
+        The hourglass runs in the dtype of ``source.heatmaps`` (the module's);
+        keypoints, motions, sampling, mask softmax and deformation run in
+        float32 whatever it is: a 16-bit coordinate near the border is a multiple
+        of 2^-10 (float16) or 2^-7 (bfloat16), 1/32 or 1/4 of a pixel of a 64x64 map.
+        """
+        dtype = source.heatmaps.dtype
         _, channels, height, width = source.image.shape
         batch, num_kp = driving.value.shape[:2]
-        grid = make_coordinate_grid(height, width, source.image.dtype, source.image.device)
+        grid = make_coordinate_grid(height, width, torch.float32, source.image.device)
 
-        heatmaps = gaussian_heatmaps(driving.value, grid, self.config.kp_variance) - source.heatmaps
+        heatmaps = gaussian_heatmaps(driving.value.float(), grid, self.config.kp_variance) - source.heatmaps.float()
         heatmaps = torch.cat([heatmaps.new_zeros((batch, 1, height, width)), heatmaps], dim=1)  # background: none
 
         motions = self.sparse_motions(source.keypoints, driving, grid)  # Bx(K+1)xhxwx2
-        images = source.image.unsqueeze(1).expand(batch, num_kp + 1, channels, height, width)
+        images = source.image.float().unsqueeze(1).expand(batch, num_kp + 1, channels, height, width)
         warped = F.grid_sample(
             images.reshape(batch * (num_kp + 1), channels, height, width),
             motions.reshape(batch * (num_kp + 1), height, width, 2),
@@ -105,8 +116,8 @@ class DenseMotionNetwork(nn.Module):
         ).view(batch, num_kp + 1, channels, height, width)
 
         hourglass_input = torch.cat([heatmaps.unsqueeze(2), warped], dim=2).view(batch, -1, height, width)
-        features = self.hourglass(hourglass_input)
-        masks = F.softmax(self.mask(features), dim=1)
+        features = self.hourglass(hourglass_input.to(dtype))
+        masks = F.softmax(self.mask(features).float(), dim=1)
         deformation = (motions * masks.unsqueeze(-1)).sum(dim=1)
         occlusion = torch.sigmoid(self.occlusion(features)) if self.occlusion is not None else None
         return MotionField(deformation=deformation, occlusion=occlusion, masks=masks)

@@ -1,4 +1,4 @@
-"""The per-frame graphs as a compiler is handed them: ``torch.export`` programs (TensorRT) and ONNX files.
+"""The per-frame graphs as ONNX files, and what the compilers share: flat render inputs, core-ATen op lists.
 
 ONNX files use opset 17: ``grid_sample`` needs opset 16 or newer, and opset
 20 renames its mode to "linear", which older TensorRT parsers reject.  They
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,31 +23,6 @@ from .motion import Keypoints
 SOURCE_INPUTS = ("features", "source_image", "source_heatmaps", "source_value", "source_jacobian")
 KEYPOINT_INPUTS = ("value", "jacobian")
 ONNX_OPSET = 17
-
-
-class PerFramePrograms(NamedTuple):
-    """keypoints: frame (Bx3xHxW) -> Keypoints; render: (SourceState, Keypoints) -> Bx3xHxW."""
-
-    keypoints: torch.export.ExportedProgram
-    render: torch.export.ExportedProgram
-
-
-@torch.no_grad()
-def export_per_frame(model: FirstOrderModel, batch: int = 1) -> PerFramePrograms:
-    """Export the keypoint detector and the render step with static shapes (the model's frame size).
-
-    ``strict=True``: TorchDynamo traces the whole module or fails, so success
-    means one graph each, with no graph break.
-    """
-    height, width = model.frame_size
-    generator = torch.Generator().manual_seed(0)
-    frame = torch.rand(batch, 3, height, width, generator=generator).to(model.device)
-    source = model.generator.encode_source(frame[:1], model.kp_detector(frame[:1]))
-    driving = model.kp_detector(frame)
-    return PerFramePrograms(
-        keypoints=torch.export.export(model.kp_detector, (frame,), strict=True),
-        render=torch.export.export(model.render_step, (source, driving), strict=True),
-    )
 
 
 def aten_targets(program: torch.export.ExportedProgram) -> set[str]:

@@ -109,11 +109,19 @@ class Generator(nn.Module):
         return torch.sigmoid(self.final(out))
 
     def warp(self, image: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
-        """Sample image (BxCxHxW) at deformation (Bxhxwx2, resized bilinearly to HxW if needed) -> BxCxHxW."""
+        """Sample image (BxCxHxW) at deformation (Bxhxwx2, resized bilinearly to HxW if needed) -> BxCxHxW.
+
+        Sampling runs in float32 and the result comes back in the image's dtype:
+        16-bit sampling positions would blur and shift the warped features (see
+        :meth:`DenseMotionNetwork.forward`).
+        """
         height, width = image.shape[2:]
+        deformation = deformation.float()
         if deformation.shape[1:3] != (height, width):
             deformation = F.interpolate(
                 deformation.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
             ).permute(0, 2, 3, 1)
-        return F.grid_sample(image, deformation, mode="bilinear", padding_mode="zeros", align_corners=self.align_corners)
+        warped = F.grid_sample(image.float(), deformation, mode="bilinear", padding_mode="zeros",
+                               align_corners=self.align_corners)
+        return warped.to(image.dtype)
 

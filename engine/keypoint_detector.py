@@ -19,6 +19,11 @@ class KeypointDetector(nn.Module):
     expectation of the coordinate grid under softmax(heatmap / temperature);
     each jacobian is the expectation, under the same distribution, of a 4-channel
     map (one shared map with ``single_jacobian_map``).  Paper Sec. 3, Eq. (5).
+
+    The convolutions run in the module's dtype; the softmax and the
+    expectations always run in float32, and keypoints are float32 whatever the
+    module's dtype: a bfloat16 coordinate near the border is a multiple of
+    2^-7 (a pixel at 256x256), and the temperature (0.1) multiplies logit errors by ten.
     """
 
     def __init__(self, config: KeypointDetectorConfig):
@@ -45,18 +50,18 @@ class KeypointDetector(nn.Module):
             self.down = None
 
     def forward(self, frame: torch.Tensor) -> Keypoints:
-        """frame: BxCxHxW float RGB in [0, 1] -> Keypoints (BxKx2 in [-1, 1], BxKx2x2)."""
+        """frame: BxCxHxW RGB in [0, 1], in the module's dtype -> float32 Keypoints (BxKx2 in [-1, 1], BxKx2x2)."""
         if self.down is not None:
             frame = self.down(frame)
         features = self.predictor(frame)
-        logits = self.kp(features)
+        logits = self.kp(features).float()
         batch, num_kp, height, width = logits.shape
         weights = F.softmax(logits.view(batch, num_kp, height * width) / self.config.temperature, dim=2)
-        grid = make_coordinate_grid(height, width, logits.dtype, logits.device).view(height * width, 2)
+        grid = make_coordinate_grid(height, width, torch.float32, logits.device).view(height * width, 2)
         value = (weights.unsqueeze(-1) * grid).sum(dim=2)
         if self.jacobian is None:
             eye = torch.eye(2, dtype=value.dtype, device=value.device)
             return Keypoints(value=value, jacobian=eye.expand(batch, num_kp, 2, 2))
-        jacobian_maps = self.jacobian(features).view(batch, self.num_jacobian_maps, 4, height * width)
+        jacobian_maps = self.jacobian(features).float().view(batch, self.num_jacobian_maps, 4, height * width)
         jacobian = (weights.unsqueeze(2) * jacobian_maps).sum(dim=-1)
         return Keypoints(value=value, jacobian=jacobian.view(batch, num_kp, 2, 2))

@@ -4,8 +4,9 @@ torch-tensorrt registers each converter with the ``@dynamo_tensorrt_converter(<o
 decorator in ``torch_tensorrt/dynamo/conversion/``.  The wheel installs only
 where TensorRT's libraries do, but its Python source can be read anywhere:
 this module reads the decorators out of the wheel (``pip download --no-deps
-torch-tensorrt``) and checks every core-ATen op of the exported per-frame
-graphs against them.  It also reads, from the same source, the signature of
+torch-tensorrt``) and checks every core-ATen op of the graphs the TensorRT
+backend exports (float16, :func:`engine.backends.tensorrt.graphs_to_compile`)
+against them.  It also reads, from the same source, the signature of
 every torch-tensorrt function that ``engine/backends/tensorrt.py`` calls, and
 checks that each keyword argument the backend passes is a named parameter of
 it (a keyword swallowed by ``**kwargs`` would be silently ignored).
@@ -28,6 +29,7 @@ import torch
 
 CONVERSION_PACKAGE = "torch_tensorrt/dynamo/conversion/"
 DECORATOR = "dynamo_tensorrt_converter"
+LOWERING_PASSES = "torch_tensorrt/dynamo/lowering/passes/"
 PACKAGE = "torch_tensorrt"
 BACKEND_SOURCE = Path(__file__).resolve().parent / "backends" / "tensorrt.py"
 
@@ -53,6 +55,33 @@ def converter_registry(wheel: Path) -> set[str]:
     return registered
 
 
+def erased_in_lowering(wheel: Path) -> set[str]:
+    """Ops that torch-tensorrt's lowering passes delete from every graph before conversion, as their source says.
+
+    A pass counts when ``lowering/passes/_aten_lowering_pass.py`` lists it in a
+    ``*_pass_list`` and its name says it removes (``remove_*``; a ``replace_*``
+    pass swaps an op for others, which would need checking in turn); an op
+    counts when that pass's module compares ``node.target`` with it and erases
+    nodes.  E.g. "torch.ops.aten._assert_tensor_metadata.default": ``torch.export``
+    puts one before every dtype conversion, and it needs no converter.
+    """
+    with zipfile.ZipFile(wheel) as archive:
+        sources = {name: archive.read(name) for name in archive.namelist() if name.startswith(LOWERING_PASSES)}
+    listed = set()
+    for node in ast.walk(ast.parse(sources.get(LOWERING_PASSES + "_aten_lowering_pass.py", b""))):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id.endswith("_pass_list") for t in node.targets):
+            listed |= {element.id for element in getattr(node.value, "elts", ()) if isinstance(element, ast.Name)}
+    erased = set()
+    for name in sorted(n for n in listed if n.startswith("remove_")):
+        source = sources.get(f"{LOWERING_PASSES}{name}.py")
+        if source is None or b"erase_node" not in source:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Compare) and ast.unparse(node.left) == "node.target":
+                erased |= {ast.unparse(c) for c in node.comparators if ast.unparse(c).startswith("torch.ops.")}
+    return erased
+
+
 def _called_name(function: ast.expr) -> str | None:
     if isinstance(function, ast.Name):
         return function.id
@@ -61,8 +90,9 @@ def _called_name(function: ast.expr) -> str | None:
     return None
 
 
-def unconvertible(targets: set[str], registry: set[str]) -> list[str]:
-    """The targets (as :func:`engine.export.aten_targets` names them) with no registered converter."""
+def unconvertible(targets: set[str], registry: set[str], erased: set[str] = frozenset()) -> list[str]:
+    """The targets (as :func:`engine.export.aten_targets` names them) with no registered converter that lowering
+    does not erase either (``erased``: see :func:`erased_in_lowering`)."""
     missing = []
     for target in sorted(targets):
         if target == "<built-in function getitem>":
@@ -70,7 +100,7 @@ def unconvertible(targets: set[str], registry: set[str]) -> list[str]:
         else:
             namespace, op, *overload = target.split(".")
             candidates = {f"torch.ops.{target}", f"torch.ops.{namespace}.{op}"}
-        if not candidates & registry:
+        if not candidates & (registry | erased):
             missing.append(target)
     return missing
 
@@ -136,7 +166,8 @@ def download_wheel(directory: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .export import aten_targets, export_per_frame
+    from .backends.tensorrt import export_graph, graphs_to_compile
+    from .export import aten_targets
     from .model import load_model
 
     parser = argparse.ArgumentParser(prog="python -m engine.tensorrt_ops", description=__doc__,
@@ -148,20 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wheel = args.wheel or download_wheel(Path(directory))
             registry = converter_registry(wheel)
+            erased = erased_in_lowering(wheel)
         except (OSError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
             print(f"error: no torch-tensorrt converter registry to check against: {error}", file=sys.stderr)
             return 2
-        programs = export_per_frame(load_model(args.config, None))
-        print(f"{wheel.name}: {len(registry)} converters")
+        graphs = graphs_to_compile(load_model(args.config, None))
+        print(f"{wheel.name}: {len(registry)} converters; lowering erases {', '.join(sorted(erased))}")
         calls = torch_tensorrt_calls(BACKEND_SOURCE.read_text())
         mismatches = signature_mismatches(wheel, calls)
         failed = bool(mismatches)
         print("calls from engine/backends/tensorrt.py: " + "; ".join(
             f"{PACKAGE}.{name}({', '.join(sorted(keywords))})" for name, keywords in sorted(calls.items())))
         print("  " + ("; ".join(mismatches) if mismatches else "every function exists and takes every keyword passed"))
-        for name, program in programs._asdict().items():
-            targets = aten_targets(program)
-            missing = unconvertible(targets, registry)
+        for name, (module, inputs) in graphs.items():
+            targets = aten_targets(export_graph(module, inputs))
+            missing = unconvertible(targets, registry, erased)
             failed |= bool(missing)
             print(f"{name}: {len(targets)} core ATen ops, " + (f"NO CONVERTER for {missing}" if missing else "all convertible"))
             print("  " + ", ".join(sorted(targets)))

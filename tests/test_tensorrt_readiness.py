@@ -14,8 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from engine.export import aten_targets, export_per_frame
+from engine.backends.tensorrt import export_graph, graphs_to_compile
+from engine.export import aten_targets
 from engine.tensorrt_onnx_ops import (
     download_matrix,
     export_graphs,
@@ -29,6 +31,7 @@ from engine.tensorrt_ops import (
     BACKEND_SOURCE,
     converter_registry,
     download_wheel,
+    erased_in_lowering,
     signature_mismatches,
     torch_tensorrt_calls,
     unconvertible,
@@ -57,6 +60,38 @@ def test_registry_is_read_from_the_decorators(tmp_path):
     assert unconvertible(targets, registry) == ["aten.convolution.out", "aten.exp.default"]
 
 
+PASS_LIST = """
+from .remove_assert_nodes import remove_assert_nodes
+pre_lowering_pass_list = [remove_detach, remove_assert_nodes]
+post_lowering_pass_list = [replace_fused_rms_norm, remove_unlisted_pass_is_not_here]
+"""
+REMOVE_ASSERTS = """
+def remove_assert_nodes(gm, settings):
+    for node in gm.graph.nodes:
+        if node.target == torch.ops.aten._assert_scalar.default or node.target == torch.ops.aten._assert_tensor_metadata.default:
+            gm.graph.erase_node(node)
+"""
+
+
+def test_ops_erased_by_listed_remove_passes_need_no_converter(tmp_path):
+    wheel = tmp_path / "torch_tensorrt-0.0-py3-none-any.whl"
+    passes = "torch_tensorrt/dynamo/lowering/passes/"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(passes + "_aten_lowering_pass.py", PASS_LIST)
+        archive.writestr(passes + "remove_assert_nodes.py", REMOVE_ASSERTS)
+        archive.writestr(passes + "remove_detach.py", "def remove_detach(gm, s):\n"
+                         "    for node in gm.graph.nodes:\n        if node.target == torch.ops.aten.detach.default:\n"
+                         "            gm.graph.erase_node(node)\n")
+        archive.writestr(passes + "replace_fused_rms_norm.py", "def replace_fused_rms_norm(gm, s):\n"
+                         "    if node.target == torch.ops.aten._fused_rms_norm.default:\n        gm.graph.erase_node(node)\n")
+        archive.writestr(passes + "remove_unlisted.py", "if node.target == torch.ops.aten.exp.default: g.erase_node(node)\n")
+    erased = erased_in_lowering(wheel)
+    assert erased == {"torch.ops.aten._assert_scalar.default", "torch.ops.aten._assert_tensor_metadata.default",
+                      "torch.ops.aten.detach.default"}
+    targets = {"aten._assert_tensor_metadata.default", "aten._fused_rms_norm.default", "aten.exp.default"}
+    assert unconvertible(targets, set(), erased) == ["aten._fused_rms_norm.default", "aten.exp.default"]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     if os.environ.get("TORCH_TENSORRT_WHEEL"):
@@ -67,14 +102,25 @@ def wheel(tmp_path_factory) -> Path:
         pytest.skip(f"torch-tensorrt's wheel is not reachable here ({error}); set TORCH_TENSORRT_WHEEL to a copy")
 
 
-def test_every_per_frame_op_has_a_torch_tensorrt_converter(small_model, wheel):
+def test_every_op_handed_to_torch_tensorrt_has_a_converter(small_model, wheel):
     registry = converter_registry(wheel)
-    programs = export_per_frame(small_model)
-    for name, program in programs._asdict().items():
-        targets = aten_targets(program)
-        assert "aten.convolution.default" in targets
-        assert unconvertible(targets, registry) == [], f"{name} has ops torch-tensorrt cannot convert"
-    assert "aten.grid_sampler_2d.default" in aten_targets(programs.render)
+    targets = {name: aten_targets(export_graph(module, inputs)) for name, (module, inputs) in
+               graphs_to_compile(small_model).items()}
+    for name in ("keypoints", "render"):
+        assert {"aten.convolution.default", "aten._to_copy.default"} <= targets[name]  # float16 convs, float32 coordinates
+        assert unconvertible(targets[name], registry, erased_in_lowering(wheel)) == [], f"{name}: ops without converter"
+    assert "aten.grid_sampler_2d.default" in targets["render"]
+
+
+def test_the_graphs_for_tensorrt_are_float16_with_float32_coordinates(small_model):
+    graphs = graphs_to_compile(small_model)
+    detector, (frame,) = graphs["keypoints"]
+    assert frame.dtype == torch.float16 and {p.dtype for p in detector.parameters()} == {torch.float16}
+    render, inputs = graphs["render"]
+    assert [tensor.dtype for tensor in inputs] == [torch.float16, torch.float32, torch.float16] + [torch.float32] * 4
+    assert {p.dtype for p in render.parameters()} == {torch.float16}
+    value, jacobian = detector(frame)
+    assert value.dtype == jacobian.dtype == torch.float32
 
 
 CALLER = """

@@ -87,17 +87,11 @@ class Backend(ABC):
         return source
 
 
-def cast_keypoints(keypoints: Keypoints, dtype: torch.dtype) -> Keypoints:
-    return Keypoints(keypoints.value.to(dtype), keypoints.jacobian.to(dtype))
-
-
 def cast_source(source: SourceState, dtype: torch.dtype) -> SourceState:
-    motion = source.motion
-    return SourceState(
-        features=source.features.to(dtype),
-        motion=motion._replace(image=motion.image.to(dtype), heatmaps=motion.heatmaps.to(dtype),
-                               keypoints=cast_keypoints(motion.keypoints, dtype)),
-    )
+    """The source state for networks running in ``dtype``: the maps the convolutions read (features, heatmaps)
+    in ``dtype``; what is only sampled or used as coordinates (image, keypoints) stays float32."""
+    return SourceState(features=source.features.to(dtype),
+                       motion=source.motion._replace(heatmaps=source.motion.heatmaps.to(dtype)))
 
 
 def weights_fingerprint(model: "FirstOrderModel") -> str:

@@ -15,7 +15,7 @@ import torch
 
 from ..generator import SourceState
 from ..motion import Keypoints
-from .base import Backend, BackendUnavailable, cast_keypoints, cast_source
+from .base import Backend, BackendUnavailable, cast_source
 
 
 class CompileBackend(Backend):
@@ -57,12 +57,12 @@ class CompileBackend(Backend):
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
-        keypoints = cast_keypoints(self.kp_detector(frames.to(self.dtype)), torch.float32)
+        keypoints = self.kp_detector(frames.to(self.dtype))
         return Keypoints(self._own(keypoints.value), self._own(keypoints.jacobian))
 
     @torch.inference_mode()
     def render_prepared(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
-        return self._own(self.render_step(source, cast_keypoints(driving, self.dtype)).float())
+        return self._own(self.render_step(source, driving).float())
 
     def prepare_source(self, source: SourceState) -> SourceState:
         return cast_source(source, self.dtype)

@@ -1,4 +1,10 @@
-"""Eager PyTorch: float32 anywhere; float16 or bfloat16 on CUDA (a half-precision copy of the networks)."""
+"""Eager PyTorch: float32 anywhere; float16 or bfloat16 on CUDA (a half-precision copy of the networks).
+
+In half precision the convolutions run in 16 bits and the coordinate work
+(keypoint expectations, motions, sampling) stays float32: see
+:class:`engine.keypoint_detector.KeypointDetector` and
+:meth:`engine.dense_motion.DenseMotionNetwork.forward`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import torch
 
 from ..generator import SourceState
 from ..motion import Keypoints
-from .base import Backend, cast_keypoints, cast_source
+from .base import Backend, cast_source
 
 
 class EagerBackend(Backend):
@@ -25,11 +31,11 @@ class EagerBackend(Backend):
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
-        return cast_keypoints(self.kp_detector(frames.to(self.dtype)), torch.float32)
+        return self.kp_detector(frames.to(self.dtype))
 
     @torch.inference_mode()
     def render_prepared(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
-        return self.render_step(source, cast_keypoints(driving, self.dtype)).float()
+        return self.render_step(source, driving).float()
 
     def prepare_source(self, source: SourceState) -> SourceState:
         return cast_source(source, self.dtype)

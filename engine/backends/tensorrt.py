@@ -25,7 +25,36 @@ from ..export import FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
 from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
-from .base import Backend, BackendUnavailable, cast_keypoints, cast_source, weights_fingerprint
+from .base import Backend, BackendUnavailable, cast_source, weights_fingerprint
+
+
+def graphs_to_compile(model) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
+    """What this backend hands torch-tensorrt: part name -> (module, example inputs), batch 1 at the frame size.
+
+    "keypoints": a float16 copy of the keypoint detector, input the frame
+    (1x3xHxW float16 in [0, 1]), outputs float32 keypoints.  "render": a
+    float16 copy of the render step with flat inputs (:class:`engine.export.FlatRender`):
+    the source as :func:`~engine.backends.base.cast_source` leaves it (features
+    and heatmaps float16, image and keypoints float32), then the driving
+    keypoints, float32.  Coordinate work inside stays float32 (see
+    :meth:`engine.dense_motion.DenseMotionNetwork.forward`).
+    """
+    height, width = model.frame_size
+    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
+    with torch.no_grad():  # not inference_mode: export wants ordinary tensors as example inputs
+        keypoints = model.kp_detector(frame)
+        source = model.generator.encode_source(frame, keypoints)
+    return {
+        "keypoints": (copy.deepcopy(model.kp_detector).half(), (frame.half(),)),
+        "render": (FlatRender(copy.deepcopy(model.render_step).half()),
+                   (*flatten_source(cast_source(source, torch.float16)), *keypoints)),
+    }
+
+
+def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """``torch.export`` as the compile step runs it: strict, so one graph or an error, never a graph break."""
+    with torch.no_grad():
+        return torch.export.export(module, inputs, strict=True)
 
 
 class TensorRTBackend(Backend):
@@ -51,21 +80,13 @@ class TensorRTBackend(Backend):
             raise BackendUnavailable(f"torch-tensorrt is not usable here ({error}); pip install -e \".[tensorrt]\"") from None
         self.torch_tensorrt = torch_tensorrt
         height, width = model.frame_size
-        device = model.device
-        frame = torch.rand(1, 3, height, width, device=device)
-        with torch.no_grad():  # not inference_mode: export wants ordinary tensors as example inputs
-            source = model.generator.encode_source(frame, model.kp_detector(frame))
-            keypoints = model.kp_detector(frame)
-        self._keypoint_inputs = (frame.half(),)
-        self._render_inputs = (*flatten_source(cast_source(source, torch.float16)), *cast_keypoints(keypoints, torch.float16))
         key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
-                   device=device_description(device), precision=precision, shape=f"{height}x{width}", torch=torch.__version__,
-                   torch_tensorrt=library_version("torch-tensorrt"), tensorrt=library_version("tensorrt"),
-                   align_corners=str(model.generator.align_corners))
-        half_detector = copy.deepcopy(model.kp_detector).half()
-        half_render = FlatRender(copy.deepcopy(model.render_step).half())
-        self.keypoints_engine = self._engine("keypoints", key, half_detector, self._keypoint_inputs)
-        self.render_engine = self._engine("render", key, half_render, self._render_inputs)
+                   device=device_description(model.device), precision=precision, shape=f"{height}x{width}",
+                   torch=torch.__version__, torch_tensorrt=library_version("torch-tensorrt"),
+                   tensorrt=library_version("tensorrt"), align_corners=str(model.generator.align_corners))
+        graphs = graphs_to_compile(model)
+        self.keypoints_engine = self._engine("keypoints", key, *graphs["keypoints"])
+        self.render_engine = self._engine("render", key, *graphs["render"])
 
     def _engine(self, part: str, key: dict, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
         path = artifact_path(f"tensorrt-{part}", ".ep", part=part, **key)
@@ -77,8 +98,8 @@ class TensorRTBackend(Backend):
                 path.unlink()
         try:
             with torch.no_grad():
-                program = torch.export.export(module, inputs, strict=True)
-                compiled = self.torch_tensorrt.dynamo.compile(program, arg_inputs=list(inputs), min_block_size=1)
+                compiled = self.torch_tensorrt.dynamo.compile(export_graph(module, inputs), arg_inputs=list(inputs),
+                                                              min_block_size=1)
             build_atomically(path, lambda temporary: self.torch_tensorrt.save(
                 compiled, str(temporary), output_format="exported_program", arg_inputs=list(inputs)))
         except Exception as error:
@@ -87,14 +108,13 @@ class TensorRTBackend(Backend):
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
-        value, jacobian = self.keypoints_engine(frames.half())
-        return Keypoints(value.float(), jacobian.float())
+        return Keypoints(*self.keypoints_engine(frames.half()))
 
     @torch.inference_mode()
     def render_prepared(self, source: tuple[torch.Tensor, ...], driving: Keypoints) -> torch.Tensor:
-        return self.render_engine(*source, *cast_keypoints(driving, torch.float16)).float()
+        return self.render_engine(*source, *driving).float()
 
     def prepare_source(self, source: SourceState) -> tuple[torch.Tensor, ...]:
-        """The source as the engine's first five float16 inputs, made once per avatar."""
+        """The source as the engine's first five inputs (see :func:`graphs_to_compile`), made once per avatar."""
         return flatten_source(cast_source(source, torch.float16))
 
