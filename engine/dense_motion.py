@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DenseMotionConfig
-from .layers import AntiAliasDownsample, Hourglass, gaussian_heatmaps, make_coordinate_grid
+from .layers import AntiAliasDownsample, Hourglass, cast, gaussian_heatmaps, make_coordinate_grid
 from .motion import Keypoints, inverse_2x2
 
 
@@ -77,8 +77,8 @@ class DenseMotionNetwork(nn.Module):
 
         source: batch 1 or B; driving: batch B; grid: hxwx2 float32 -> Bx(K+1)xhxwx2 float32.
         """
-        source, driving = Keypoints(source.value.float(), source.jacobian.float()), Keypoints(
-            driving.value.float(), driving.jacobian.float())
+        source, driving = Keypoints(cast(source.value, torch.float32), cast(source.jacobian, torch.float32)), Keypoints(
+            cast(driving.value, torch.float32), cast(driving.jacobian, torch.float32))
         affine = torch.matmul(source.jacobian, inverse_2x2(driving.jacobian))  # BxKx2x2
         offset = grid.unsqueeze(0).unsqueeze(0) - driving.value.unsqueeze(2).unsqueeze(2)  # BxKxhxwx2
         a = affine.unsqueeze(2).unsqueeze(2)  # BxKx1x1x2x2
@@ -102,11 +102,12 @@ class DenseMotionNetwork(nn.Module):
         batch, num_kp = driving.value.shape[:2]
         grid = make_coordinate_grid(height, width, torch.float32, source.image.device)
 
-        heatmaps = gaussian_heatmaps(driving.value.float(), grid, self.config.kp_variance) - source.heatmaps.float()
+        heatmaps = gaussian_heatmaps(cast(driving.value, torch.float32), grid, self.config.kp_variance)
+        heatmaps = heatmaps - cast(source.heatmaps, torch.float32)
         heatmaps = torch.cat([heatmaps.new_zeros((batch, 1, height, width)), heatmaps], dim=1)  # background: none
 
         motions = self.sparse_motions(source.keypoints, driving, grid)  # Bx(K+1)xhxwx2
-        images = source.image.float().unsqueeze(1).expand(batch, num_kp + 1, channels, height, width)
+        images = cast(source.image, torch.float32).unsqueeze(1).expand(batch, num_kp + 1, channels, height, width)
         warped = F.grid_sample(
             images.reshape(batch * (num_kp + 1), channels, height, width),
             motions.reshape(batch * (num_kp + 1), height, width, 2),
@@ -116,8 +117,8 @@ class DenseMotionNetwork(nn.Module):
         ).view(batch, num_kp + 1, channels, height, width)
 
         hourglass_input = torch.cat([heatmaps.unsqueeze(2), warped], dim=2).view(batch, -1, height, width)
-        features = self.hourglass(hourglass_input.to(dtype))
-        masks = F.softmax(self.mask(features).float(), dim=1)
+        features = self.hourglass(cast(hourglass_input, dtype))
+        masks = F.softmax(cast(self.mask(features), torch.float32), dim=1)
         deformation = (motions * masks.unsqueeze(-1)).sum(dim=1)
         occlusion = torch.sigmoid(self.occlusion(features)) if self.occlusion is not None else None
         return MotionField(deformation=deformation, occlusion=occlusion, masks=masks)

@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import GeneratorConfig
 from .dense_motion import DenseMotionNetwork, MotionField, MotionSource
-from .layers import DownBlock2d, PhaseGridConv2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width
+from .layers import DownBlock2d, PhaseGridConv2d, ResBlock2d, SameBlock2d, UpBlock2d, cast, hourglass_width
 from .motion import Keypoints
 
 
@@ -116,12 +116,12 @@ class Generator(nn.Module):
         :meth:`DenseMotionNetwork.forward`).
         """
         height, width = image.shape[2:]
-        deformation = deformation.float()
+        deformation = cast(deformation, torch.float32)
         if deformation.shape[1:3] != (height, width):
             deformation = F.interpolate(
                 deformation.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
             ).permute(0, 2, 3, 1)
-        warped = F.grid_sample(image.float(), deformation, mode="bilinear", padding_mode="zeros",
+        warped = F.grid_sample(cast(image, torch.float32), deformation, mode="bilinear", padding_mode="zeros",
                                align_corners=self.align_corners)
-        return warped.to(image.dtype)
+        return cast(warped, image.dtype)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import KeypointDetectorConfig
-from .layers import AntiAliasDownsample, Hourglass, make_coordinate_grid
+from .layers import AntiAliasDownsample, Hourglass, cast, make_coordinate_grid
 from .motion import Keypoints
 
 
@@ -54,7 +54,7 @@ class KeypointDetector(nn.Module):
         if self.down is not None:
             frame = self.down(frame)
         features = self.predictor(frame)
-        logits = self.kp(features).float()
+        logits = cast(self.kp(features), torch.float32)
         batch, num_kp, height, width = logits.shape
         weights = F.softmax(logits.view(batch, num_kp, height * width) / self.config.temperature, dim=2)
         grid = make_coordinate_grid(height, width, torch.float32, logits.device).view(height * width, 2)
@@ -62,6 +62,6 @@ class KeypointDetector(nn.Module):
         if self.jacobian is None:
             eye = torch.eye(2, dtype=value.dtype, device=value.device)
             return Keypoints(value=value, jacobian=eye.expand(batch, num_kp, 2, 2))
-        jacobian_maps = self.jacobian(features).float().view(batch, self.num_jacobian_maps, 4, height * width)
+        jacobian_maps = cast(self.jacobian(features), torch.float32).view(batch, self.num_jacobian_maps, 4, height * width)
         jacobian = (weights.unsqueeze(2) * jacobian_maps).sum(dim=-1)
         return Keypoints(value=value, jacobian=jacobian.view(batch, num_kp, 2, 2))

@@ -323,6 +323,15 @@ class AntiAliasDownsample(nn.Module):
         return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.channels)
 
 
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype``, with no op at all when it already is: float32 graphs then export without Cast nodes.
+
+    Half-precision networks run their convolutions in 16 bits and their
+    coordinate work in float32; this is the one place they switch.
+    """
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def make_coordinate_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Pixel-centre coordinates in [-1, 1], HxWx2 with [..., 0] = x (column) and [..., 1] = y (row).
 
