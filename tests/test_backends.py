@@ -59,16 +59,15 @@ def test_impossible_choices_are_clear_errors(name, precision, message):
 HALF_PRECISION_BOUNDS = {"float16": (5e-3, 2e-3), "bfloat16": (5e-2, 1.5e-2)}  # max |keypoint error|, max |frame error|
 
 
-@pytest.mark.parametrize("precision", sorted(HALF_PRECISION_BOUNDS))
-def test_half_precision_stays_close_to_float32(small_inputs, eager_frames, precision):
-    """The eager backend's float16/bfloat16 (offered on CUDA only) built directly on the CPU: 16-bit convolutions,
-    float32 coordinates and sampling.  With 16-bit sampling, a PyTorch CPU kernel even returned NaN frames."""
-    from engine.backends.eager import EagerBackend
-
+@pytest.mark.parametrize("name, precision", [("eager", "float16"), ("eager", "bfloat16"), ("compile", "float16")])
+def test_half_precision_stays_close_to_float32(home, small_inputs, eager_frames, name, precision):
+    """A backend's float16/bfloat16 (offered on CUDA only) built directly on the CPU: 16-bit convolutions, float32
+    coordinates and sampling.  With 16-bit sampling, a PyTorch CPU kernel even returned NaN frames.  For compile,
+    this also shows the mixed-precision graphs trace whole (fullgraph), as they must on CUDA."""
     model = load_model(CONFIG, CHECKPOINT)
     driving = torch.from_numpy(small_inputs["driving"]).permute(0, 3, 1, 2).float() / 255
     expected = model.detect_keypoints(driving)
-    model.backend = EagerBackend(model, precision)
+    model.backend = backend_class(name)(model, precision)
     keypoints = model.detect_keypoints(driving)
     assert keypoints.value.dtype == keypoints.jacobian.dtype == torch.float32
     keypoint_bound, frame_bound = HALF_PRECISION_BOUNDS[precision]
