@@ -110,3 +110,23 @@ def test_tiny_run_on_the_cpu_writes_every_output(tmp_path, capsys, monkeypatch):
     compared = subprocess.run([sys.executable, str(REPO / "run_live.py"), "--benchmark", "--compare", str(paths["json"]),
                                str(paths["json"])], capture_output=True, text=True, timeout=120)
     assert compared.returncode == 0 and "| eager float32 |" in compared.stdout and "1.00x" in compared.stdout
+
+
+def test_a_variant_that_fails_is_skipped_with_its_reason_and_the_rest_reported(tmp_path, capsys, monkeypatch):
+    import benchmarks.fps as fps
+
+    measure = fps.measure
+
+    def failing_onnxruntime(name, *args):
+        if name == "onnxruntime":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return measure(name, *args)
+
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fps, "measure", failing_onnxruntime)
+    assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--backends", "onnxruntime,eager", "--frames", "2", "--warmup", "1",
+                          "--json", str(tmp_path / "cpu.json")]) == 0
+    assert [r["backend"] for r in load_report(tmp_path / "cpu.json")["results"]] == ["eager", "eager"]  # baseline, ours
+    assert ("skipping backend onnxruntime float32: RuntimeError: CUDA error: an illegal memory access was encountered"
+            in capsys.readouterr().err)
