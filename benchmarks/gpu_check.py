@@ -11,7 +11,8 @@ inputs (max abs error; keypoints in normalised [-1, 1] units, frames in [0, 1]),
 then time the per-frame work (keypoints + render, batch 1) in a second thread,
 as the live pipeline runs it: CUDA events on CUDA, wall clock on the CPU;
 median and p95 milliseconds over --frames frames after --warmup, and the first
-frame in that thread on its own (CUDA graphs are recorded per thread).
+frame in that thread on its own (the live tool builds a backend in one
+thread and runs it in another; PyTorch keeps its CUDA-graph state per thread).
 
 One backend failing, whatever the exception, is a row with its error, never
 the end of the run; the JSON is rewritten after every row, so a run cut short
