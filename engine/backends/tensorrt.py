@@ -1,13 +1,15 @@
 """TensorRT through torch-tensorrt's dynamo path: float16, static shapes (batch 1 at the model's frame size).
 
 The keypoint detector and the render step (with flat inputs, see
-:class:`engine.export.FlatRender`) are cast to float16, exported with
-``torch.export`` and compiled by ``torch_tensorrt.dynamo.compile``.  The
-compiled programs are saved in the artifact cache and loaded on later starts
-with ``torch_tensorrt.load`` (which registers the engine-execution op even
-where only torch-tensorrt's Python runtime is present); an entry that fails to
-load is rebuilt.  Inputs stay on the GPU: the engines
-run on the current CUDA stream, with no host copy.
+:class:`engine.export.FlatRender`) are cast to float16 (their coordinate work
+stays float32: :func:`graphs_to_compile`), exported with ``torch.export`` and
+compiled by ``torch_tensorrt.dynamo.compile``, which builds strongly typed
+networks: each layer runs in the dtype the graph gives it.  The compiled
+programs are saved in the artifact cache and loaded on later starts with
+``torch_tensorrt.load`` (which registers the engine-execution op even where
+only torch-tensorrt's Python runtime is present); an entry that fails to load
+is rebuilt.  Inputs stay on the GPU: the engines run on the current CUDA
+stream, with no host copy.
 
 ``python -m engine.tensorrt_ops`` checks, without TensorRT, that every op of
 these graphs has a torch-tensorrt converter, and that every keyword argument
