@@ -31,6 +31,19 @@ def aten_targets(program: torch.export.ExportedProgram) -> set[str]:
     return {str(node.target) for node in lowered.graph.nodes if node.op == "call_function"}
 
 
+class FlatKeypoints(nn.Module):
+    """The keypoint detector returning a plain (value, jacobian) tuple: what TensorRT compile is handed, since
+    ``torch.export.save`` (which ``torch_tensorrt.save`` ends in) cannot serialise the Keypoints NamedTuple."""
+
+    def __init__(self, kp_detector: nn.Module):
+        super().__init__()
+        self.kp_detector = kp_detector
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value, jacobian = self.kp_detector(frame)
+        return value, jacobian
+
+
 class FlatRender(nn.Module):
     """The render step with flat tensor inputs (in the order of SOURCE_INPUTS, then value and jacobian): what ONNX
     export and TensorRT compile are handed."""

@@ -112,6 +112,21 @@ def test_every_op_handed_to_torch_tensorrt_has_a_converter(small_model, wheel):
     assert "aten.grid_sampler_2d.default" in targets["render"]
 
 
+def test_the_graphs_for_tensorrt_survive_torch_export_save_and_load(small_model, tmp_path):
+    """torch_tensorrt.save ends in torch.export.save, which cannot serialise every output type (the Keypoints
+    NamedTuple, for one): each graph must come back from disk computing what it computed."""
+    for name, (module, inputs) in graphs_to_compile(small_model).items():
+        path = tmp_path / f"{name}.pt2"
+        torch.export.save(export_graph(module, inputs), str(path))
+        with torch.no_grad():
+            expected, loaded = module(*inputs), torch.export.load(str(path)).module()(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        loaded = loaded if isinstance(loaded, tuple) else (loaded,)
+        assert len(loaded) == len(expected)
+        for a, b in zip(loaded, expected):
+            torch.testing.assert_close(a, b)
+
+
 def test_the_graphs_for_tensorrt_are_float16_with_float32_coordinates(small_model):
     graphs = graphs_to_compile(small_model)
     detector, (frame,) = graphs["keypoints"]

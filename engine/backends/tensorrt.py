@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from ..export import FlatRender, flatten_source
+from ..export import FlatKeypoints, FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
 from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
@@ -33,8 +33,9 @@ from .base import Backend, BackendUnavailable, cast_source, weights_fingerprint
 def graphs_to_compile(model) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
     """What this backend hands torch-tensorrt: part name -> (module, example inputs), batch 1 at the frame size.
 
-    "keypoints": a float16 copy of the keypoint detector, input the frame
-    (1x3xHxW float16 in [0, 1]), outputs float32 keypoints.  "render": a
+    "keypoints": a float16 copy of the keypoint detector
+    (:class:`engine.export.FlatKeypoints`), input the frame (1x3xHxW float16
+    in [0, 1]), outputs the float32 keypoint values and jacobians.  "render": a
     float16 copy of the render step with flat inputs (:class:`engine.export.FlatRender`):
     the source as :func:`~engine.backends.base.cast_source` leaves it (features
     and heatmaps float16, image and keypoints float32), then the driving
@@ -47,7 +48,7 @@ def graphs_to_compile(model) -> dict[str, tuple[torch.nn.Module, tuple[torch.Ten
         keypoints = model.kp_detector(frame)
         source = model.generator.encode_source(frame, keypoints)
     return {
-        "keypoints": (copy.deepcopy(model.kp_detector).half(), (frame.half(),)),
+        "keypoints": (FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (frame.half(),)),
         "render": (FlatRender(copy.deepcopy(model.render_step).half()),
                    (*flatten_source(cast_source(source, torch.float16)), *keypoints)),
     }
@@ -104,9 +105,9 @@ class TensorRTBackend(Backend):
                                                               min_block_size=1)
             build_atomically(path, lambda temporary: self.torch_tensorrt.save(
                 compiled, str(temporary), output_format="exported_program", arg_inputs=list(inputs)))
+            return self.torch_tensorrt.load(str(path)).module()
         except Exception as error:
             raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {type(error).__name__}: {error}") from error
-        return self.torch_tensorrt.load(str(path)).module()
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
