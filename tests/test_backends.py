@@ -22,6 +22,7 @@ from .conftest import SMALL_PARITY_DIR
 from .test_parity import as_float
 
 CONFIG, CHECKPOINT = SMALL_PARITY_DIR / "config.yaml", SMALL_PARITY_DIR / "checkpoint.pth.tar"
+GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 TOLERANCE = 1e-4
 
 
@@ -143,6 +144,8 @@ def test_gpu_providers_get_their_device_and_tensorrt_an_engine_cache(tmp_path):
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)
     (out,) = session.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})
     np.testing.assert_array_equal(out, [0.0, 2.0])
+    if GPU_PROVIDERS & set(onnxruntime.get_available_providers()):
+        return  # a GPU build: the silent fallback below cannot be staged here
     # That session fell back to the CPU without an error: on a CUDA device the backend must refuse it.
     from engine.backends.onnxruntime import check_providers_in_use
 
@@ -164,11 +167,27 @@ def test_gpu_providers_get_their_device_and_tensorrt_an_engine_cache(tmp_path):
                           "pip install --force-reinstall onnxruntime-gpu"),
 ])
 def test_no_gpu_provider_names_the_package_mix_up_and_its_fix(monkeypatch, installed, expected):
-    pytest.importorskip("onnxruntime")
+    onnxruntime = pytest.importorskip("onnxruntime")
     from engine.backends import onnxruntime as backend
 
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setattr(backend, "installed_distributions", lambda: installed | {"torch", "numpy"})
     assert backend.OnnxRuntimeBackend.unavailable_reason(torch.device("cuda")) == expected
+
+
+def test_the_reason_comes_before_any_export(home, monkeypatch):
+    """On CUDA with the CPU build of onnxruntime, selecting the backend names the fix and builds nothing."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from engine.backends import onnxruntime as backend
+
+    model = load_model(CONFIG, CHECKPOINT)
+    # Seen as on CUDA: nothing touches the GPU before the backend's checks refuse.
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(backend, "installed_distributions", lambda: {"onnxruntime"})
+    with pytest.raises(BackendUnavailable, match=r"the CPU build of onnxruntime is installed, which has no GPU provider"):
+        model.use_backend("onnxruntime")
+    assert not (home / "compiled").exists()
 
 
 def test_code_fingerprint_changes_with_any_engine_source(tmp_path):

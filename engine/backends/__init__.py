@@ -51,16 +51,22 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
     Raises :class:`BackendUnavailable` when the named backend (or, for auto, every backend) cannot run,
     and :class:`EngineError` for an unknown name or precision.
     """
-    device = model.device
     if name != "auto":
-        backend = backend_class(name)
-        return backend(model, backend.check(device, precision))
+        return _build(backend_class(name), model, precision)
     reasons = []
-    for candidate in AUTO_ORDER.get(device.type, ("eager",)):
-        backend = backend_class(candidate)
+    for candidate in AUTO_ORDER.get(model.device.type, ("eager",)):
         try:
-            return backend(model, backend.check(device, precision))
+            return _build(backend_class(candidate), model, precision)
         except BackendUnavailable as error:
             reasons.append(f"{candidate}: {error}")
             log(f"backend {candidate} cannot run here ({error}); trying the next")
     raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
+
+
+def _build(backend: type[Backend], model: "FirstOrderModel", precision: str | None) -> Backend:
+    """Check the combination, then the quick reasons it cannot run here (each with its fix), then build it."""
+    precision = backend.check(model.device, precision)
+    reason = backend.unavailable_reason(model.device)
+    if reason:
+        raise BackendUnavailable(reason)
+    return backend(model, precision)

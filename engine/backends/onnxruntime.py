@@ -91,15 +91,15 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime
         except ImportError as error:
             raise BackendUnavailable(f"onnxruntime is not installed ({error}); pip install -e \".[onnx]\"") from None
+        reason = self.unavailable_reason(model.device)  # before exporting anything
+        if reason:
+            raise BackendUnavailable(reason)
         self.ort = onnxruntime
         self.device = model.device
         # Where IOBinding finds the tensors: ONNX Runtime's name for the device, and its index.
         self.binding_device = ("cuda", self.device.index or 0) if self.device.type == "cuda" else ("cpu", 0)
-        available = onnxruntime.get_available_providers()
         wanted = PROVIDERS if self.device.type == "cuda" else ("CPUExecutionProvider",)
-        self.providers = [p for p in wanted if p in available]
-        if not self.providers:
-            raise BackendUnavailable(f"onnxruntime offers none of {list(wanted)} (it has {available})")
+        self.providers = [p for p in wanted if p in onnxruntime.get_available_providers()]
         key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
                    device=device_description(self.device), opset=str(ONNX_OPSET), torch=torch.__version__,
                    onnxruntime=onnxruntime.__version__, onnx=library_version("onnx"),
