@@ -65,12 +65,19 @@ class DenseMotionNetwork(nn.Module):
         self.down = AntiAliasDownsample(num_channels, config.scale_factor) if config.scale_factor != 1 else None
 
     def prepare_source(self, source: torch.Tensor, keypoints: Keypoints) -> MotionSource:
-        """source: 1xCxHxW float in [0, 1] plus its keypoints -> the cached :class:`MotionSource`."""
+        """source: 1xCxHxW in [0, 1] plus its keypoints -> the cached :class:`MotionSource` (dtypes as it says)."""
         image = self.down(source) if self.down is not None else source
         _, _, height, width = image.shape
-        grid = make_coordinate_grid(height, width, image.dtype, image.device)
-        heatmaps = gaussian_heatmaps(keypoints.value, grid, self.config.kp_variance)
-        return MotionSource(image=image, heatmaps=heatmaps, keypoints=keypoints)
+        grid = make_coordinate_grid(height, width, torch.float32, image.device)
+        value, jacobian = (cast(tensor, torch.float32) for tensor in keypoints)
+        heatmaps = gaussian_heatmaps(value, grid, self.config.kp_variance)
+        return MotionSource(image=cast(image, torch.float32), heatmaps=cast(heatmaps, self.dtype),
+                            keypoints=Keypoints(value, jacobian))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the hourglass and its heads run in (the module's parameters')."""
+        return self.mask.weight.dtype
 
     def sparse_motions(self, source: Keypoints, driving: Keypoints, grid: torch.Tensor) -> torch.Tensor:
         """The K+1 candidate motions T_k(z) = x_s + J_s J_d^-1 (z - x_d), identity first.
@@ -92,12 +99,12 @@ class DenseMotionNetwork(nn.Module):
     def forward(self, source: MotionSource, driving: Keypoints) -> MotionField:
         """Per-frame step: the cached source and B driving poses (normalised) -> :class:`MotionField`.
 
-        The hourglass runs in the dtype of ``source.heatmaps`` (the module's);
-        keypoints, motions, sampling, mask softmax and deformation run in
-        float32 whatever it is: a 16-bit coordinate near the border is a multiple
-        of 2^-10 (float16) or 2^-7 (bfloat16), 1/32 or 1/4 of a pixel of a 64x64 map.
+        The hourglass runs in the module's dtype (:attr:`dtype`); keypoints,
+        motions, sampling, mask softmax and deformation run in float32 whatever
+        it is: a 16-bit coordinate near the border is a multiple of 2^-11
+        (float16) or 2^-8 (bfloat16), 1/64 or 1/8 of a pixel of a 64x64 map.
         """
-        dtype = source.heatmaps.dtype
+        dtype = self.dtype
         _, channels, height, width = source.image.shape
         batch, num_kp = driving.value.shape[:2]
         grid = make_coordinate_grid(height, width, torch.float32, source.image.device)

@@ -23,7 +23,8 @@ class KeypointDetector(nn.Module):
     The convolutions run in the module's dtype; the softmax and the
     expectations always run in float32, and keypoints are float32 whatever the
     module's dtype: a bfloat16 coordinate near the border is a multiple of
-    2^-7 (a pixel at 256x256), and the temperature (0.1) multiplies logit errors by ten.
+    2^-8 (half a pixel at 256x256), and the temperature (0.1) multiplies logit
+    errors by ten.
     """
 
     def __init__(self, config: KeypointDetectorConfig):

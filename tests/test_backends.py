@@ -6,6 +6,7 @@ refused here with a reason; their parity is measured by benchmarks/gpu_check.py.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import sys
 
@@ -76,6 +77,24 @@ def test_half_precision_stays_close_to_float32(home, small_inputs, eager_frames,
     frames = frames_of(model, small_inputs)
     assert np.isfinite(frames).all()
     assert 0 < float(np.abs(frames - eager_frames).max()) <= frame_bound
+
+
+def test_a_float16_generator_encodes_and_renders_its_own_source(small_inputs):
+    """Generator.render(encode_source(...)) holds for a half copy too: the cached source comes out in the dtypes
+    MotionSource documents (maps the convolutions read in float16, image and keypoints float32)."""
+    model = load_model(CONFIG, CHECKPOINT)
+    source = torch.from_numpy(small_inputs["source"]).permute(2, 0, 1)[None].float() / 255
+    generator, detector = copy.deepcopy(model.generator).half(), copy.deepcopy(model.kp_detector).half()
+    with torch.no_grad():
+        keypoints = detector(source.half())
+        state = generator.encode_source(source.half(), keypoints)
+        frame = generator.render(state, keypoints)
+        expected = model.generator.render(model.generator.encode_source(source, model.kp_detector(source)),
+                                          model.kp_detector(source))
+    assert [t.dtype for t in (state.features, state.motion.heatmaps)] == [torch.float16] * 2
+    assert [t.dtype for t in (state.motion.image, *state.motion.keypoints)] == [torch.float32] * 3
+    assert frame.dtype == torch.float16
+    assert float((frame.float() - expected).abs().max()) <= HALF_PRECISION_BOUNDS["float16"][1]
 
 
 def test_onnxruntime_matches_eager(home, small_inputs, eager_frames):
