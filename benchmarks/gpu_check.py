@@ -5,14 +5,18 @@
 
 For each backend usable on the device and each precision it offers, with
 random vox-adv-256 weights (the cost of the real ones) unless --checkpoint is
-given: build it (timed, the artifact cache disabled by a fresh FOMM_LIVE_HOME),
-then compare its keypoints and rendered frame with eager float32 on the same
-inputs (max abs error; keypoints in normalised [-1, 1] units, frames in [0, 1]),
-then time the per-frame work (keypoints + render, batch 1) in a second thread,
-as the live pipeline runs it: CUDA events on CUDA, wall clock on the CPU;
-median and p95 milliseconds over --frames frames after --warmup, and the first
-frame in that thread on its own (the live tool builds a backend in one
-thread and runs it in another; PyTorch keeps its CUDA-graph state per thread).
+given:
+
+- build it, timed and cold (fresh FOMM_LIVE_HOME, Inductor and Triton caches);
+- compare its keypoints and rendered frame with the reference, eager float32
+  with TF32 off, on the same inputs and the same encoded source: max abs
+  error, keypoints in normalised [-1, 1] units, frames in [0, 1];
+- time the per-frame work (keypoints + render, batch 1) as users run it
+  (PyTorch's defaults, TF32 convolutions included), in a second thread as the
+  live pipeline does: CUDA events on CUDA, wall clock on the CPU; median and
+  p95 milliseconds over --frames frames after --warmup, and the first frame in
+  that thread on its own (the live tool builds a backend in one thread and
+  runs it in another; PyTorch keeps its CUDA-graph state per thread).
 
 One backend failing, whatever the exception, is a row with its error, never
 the end of the run; the JSON is rewritten after every row, so a run cut short
@@ -23,6 +27,7 @@ webcam or a display.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -55,6 +60,18 @@ def environment(device: torch.device, config: str, checkpoint: str | None) -> di
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": where, "torch": torch.__version__, "cuda": torch.version.cuda, "libraries": versions,
             "config": config, "weights": checkpoint or "random"}
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """Float32 without TF32, for the reference: PyTorch lets cuDNN run float32 convolutions in TF32 (10 mantissa
+    bits, as many as float16) on Ampere and newer unless told not to, which would blur the errors measured."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 def frame_times(model, state, frame, motion, frames: int, warmup: int) -> list[float]:
@@ -152,18 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device here (use --device cpu for a dry run)", file=sys.stderr)
         return 2
-    os.environ["FOMM_LIVE_HOME"] = tempfile.mkdtemp(prefix="gpu-check-")  # measure cold builds
+    home = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # cold builds: no compiled artifact, kernel or autotuning cache
+    os.environ.update(FOMM_LIVE_HOME=str(home), TORCHINDUCTOR_CACHE_DIR=str(home / "inductor"),
+                      TRITON_CACHE_DIR=str(home / "triton"))
 
     torch.manual_seed(0)
     model = load_model(args.config, args.checkpoint, device=device)
     height, width = model.frame_size
     generator = torch.Generator().manual_seed(1)
     source, driving, calibration = (torch.rand(1, 3, height, width, generator=generator).to(device) for _ in range(3))
-    state = model.encode_source(source)
-    motion = make_motion_reference(state.motion.keypoints, model.detect_keypoints(calibration), adapt_scale=True)
-    keypoints = model.detect_keypoints(driving)
-    reference = {"state": state, "motion": motion, "driving": driving, "keypoints": keypoints,
-                 "frame": model.render(state, transfer_motion(keypoints, motion, relative=True))}
+    with exact_float32():
+        state = model.encode_source(source)
+        motion = make_motion_reference(state.motion.keypoints, model.detect_keypoints(calibration), adapt_scale=True)
+        keypoints = model.detect_keypoints(driving)
+        reference = {"state": state, "motion": motion, "driving": driving, "keypoints": keypoints,
+                     "frame": model.render(state, transfer_motion(keypoints, motion, relative=True))}
     del model
 
     report = {"environment": environment(device, args.config, args.checkpoint), "frames": args.frames,
