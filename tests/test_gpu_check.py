@@ -15,6 +15,13 @@ FIXTURE_ARGS = ["--device", "cpu", "--config", str(SMALL_PARITY_DIR / "config.ya
                 "--checkpoint", str(SMALL_PARITY_DIR / "checkpoint.pth.tar"), "--frames", "2", "--warmup", "1"]
 
 
+@pytest.fixture(autouse=True)
+def _restore_cache_variables(monkeypatch, tmp_path):
+    """gpu_check points these at a fresh directory for cold builds; the rest of the test run keeps its own."""
+    for name in ("FOMM_LIVE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+
+
 def test_dry_run_checks_parity_and_times_each_backend_in_a_thread(tmp_path, capsys):
     out = tmp_path / "check.json"
     assert gpu_check.main([*FIXTURE_ARGS, "--backend", "eager", "--backend", "onnxruntime", "--backend", "tensorrt",
