@@ -97,6 +97,15 @@ def test_a_float16_generator_encodes_and_renders_its_own_source(small_inputs):
     assert float((frame.float() - expected).abs().max()) <= HALF_PRECISION_BOUNDS["float16"][1]
 
 
+def test_compile_on_the_cpu_looks_for_the_compiler_inductor_runs(monkeypatch):
+    compile_backend = backend_class("compile")
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert compile_backend.unavailable_reason(torch.device("cpu")) == (
+        "no C++ compiler: Inductor compiles with '/nonexistent/c++' on the CPU (set CXX to name another)")
+    monkeypatch.setenv("CXX", sys.executable)  # any program that exists: only the lookup is checked
+    assert compile_backend.unavailable_reason(torch.device("cpu")) is None
+
+
 def test_onnxruntime_matches_eager(home, small_inputs, eager_frames):
     model = load_model(CONFIG, CHECKPOINT, backend="onnxruntime")
     assert model.backend.name == "onnxruntime" and model.backend.providers == ["CPUExecutionProvider"]

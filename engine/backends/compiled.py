@@ -9,7 +9,9 @@ and not on the first live frame.  Each module is compiled whole
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import sys
 
 import torch
 
@@ -47,8 +49,12 @@ class CompileBackend(Backend):
                 import triton  # noqa: F401
             except ImportError:
                 return "Triton is not installed (it comes with the CUDA build of torch on Linux)"
-        elif not any(shutil.which(compiler) for compiler in ("c++", "g++", "clang++", "cl")):
-            return "no C++ compiler found (Inductor compiles C++ on the CPU)"
+        else:
+            # Inductor's choice on the CPU: $CXX, else g++ (clang++ on macOS, cl on Windows).
+            default = "cl" if sys.platform == "win32" else "clang++" if sys.platform == "darwin" else "g++"
+            compiler = os.environ.get("CXX", default)
+            if shutil.which(compiler) is None:
+                return f"no C++ compiler: Inductor compiles with {compiler!r} on the CPU (set CXX to name another)"
         return super().unavailable_reason(device)
 
     def _own(self, tensor: torch.Tensor) -> torch.Tensor:
