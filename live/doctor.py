@@ -138,13 +138,18 @@ def check_cache() -> Iterator[Finding]:
                       "set FOMM_LIVE_HOME to a writable directory")
         return
     copies = sorted((root / "safetensors").glob("*.safetensors"))
-    compiled = sorted(p for p in (root / "compiled").glob("*-*.*") if p.is_file())
+    compiled = sorted(p for p in (root / "compiled").glob("*-*.*") if p.is_file() and p.suffix != ".failed")
+    failed_builds = sorted((root / "compiled").glob("*.failed"))
     provider_engines = sorted(p for p in (root / "compiled" / "onnxruntime-tensorrt").glob("*") if p.is_file())
     size = sum(p.stat().st_size for p in copies + compiled + provider_engines) / 2**20
     kinds = sorted({p.name.split("-")[0] for p in compiled} | ({"onnxruntime-tensorrt"} if provider_engines else set()))
     compiled += provider_engines
     yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {len(compiled)} compiled "
                   f"artifacts{' (' + ', '.join(kinds) + ')' if kinds else ''}, {size:.0f} MiB)")
+    if failed_builds:
+        yield Finding("WARN", "cache", f"{len(failed_builds)} TensorRT build(s) failed before and are skipped until their "
+                      f"library versions change: {failed_builds[0].read_text().strip()[:200]}",
+                      "delete " + " ".join(str(p) for p in failed_builds) + " to try again")
 
 
 def _video_devices() -> list[tuple[str, str, bool]]:

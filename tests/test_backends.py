@@ -245,6 +245,36 @@ def test_onnx_graphs_use_opset_17(home):
             assert "GridSample" in ops
 
 
+def test_a_failed_tensorrt_build_is_remembered_until_its_versions_change(home):
+    """The build failing (here: torch-tensorrt stand-in whose compile raises) writes <artifact>.failed; the next
+    start with the same key falls back at once, naming the error and how to retry, without compiling again."""
+    import types
+
+    from engine.backends.tensorrt import TensorRTBackend
+
+    attempts = []
+
+    def failing_compile(program, **options):
+        attempts.append(options)
+        raise RuntimeError("Conversion of node aten.bogus failed")
+
+    backend = object.__new__(TensorRTBackend)  # the library itself cannot be installed here
+    backend.torch_tensorrt = types.SimpleNamespace(dynamo=types.SimpleNamespace(compile=failing_compile))
+    module, inputs = torch.nn.Conv2d(3, 4, 3), (torch.rand(1, 3, 8, 8),)
+    with pytest.raises(BackendUnavailable, match="TensorRT build of the render graph failed: RuntimeError: Conversion"):
+        backend._engine("render", {"versions": "a"}, module, inputs)
+    (marker,) = (home / "compiled").glob("tensorrt-render-*.failed")
+    assert marker.read_text() == "RuntimeError: Conversion of node aten.bogus failed\n"
+    assert attempts[0]["timing_cache_path"] == str(home / "compiled" / "tensorrt-timing-cache.bin")
+    remembered = r"the TensorRT render build failed before with these versions \(RuntimeError: Conversion of node "
+    with pytest.raises(BackendUnavailable, match=remembered + r"aten.bogus failed\); delete .* to try again"):
+        backend._engine("render", {"versions": "a"}, module, inputs)
+    assert len(attempts) == 1
+    with pytest.raises(BackendUnavailable, match="TensorRT build of the render graph failed"):
+        backend._engine("render", {"versions": "b"}, module, inputs)  # new versions: tried again
+    assert len(attempts) == 2
+
+
 def tensorrt_missing_reason() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device"

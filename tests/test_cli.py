@@ -95,7 +95,22 @@ def test_doctor_counts_every_kind_of_cached_artifact(tmp_path, monkeypatch):
                  "compiled/onnxruntime-tensorrt/TensorrtExecutionProvider_graph_3.engine"):
         (home / name).parent.mkdir(parents=True, exist_ok=True)
         (home / name).write_bytes(b"x" * 2**20)
+    (home / "compiled" / "tensorrt-timing-cache.bin").write_bytes(b"x" * 2**20)
     (finding,) = check_cache()
     assert finding.status == "OK"
-    assert ("1 safetensors weight copies, 3 compiled artifacts (onnx, onnxruntime-tensorrt, tensorrt), 4 MiB"
+    assert ("1 safetensors weight copies, 4 compiled artifacts (onnx, onnxruntime-tensorrt, tensorrt), 5 MiB"
             in finding.detail)
+
+
+def test_doctor_names_a_remembered_tensorrt_failure_and_how_to_retry(tmp_path, monkeypatch):
+    from live.doctor import check_cache
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(home))
+    marker = home / "compiled" / "tensorrt-render-2.failed"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("RuntimeError: no converter for aten.bogus\n")
+    ok, warning = check_cache()
+    assert "0 compiled artifacts" in ok.detail
+    assert warning.status == "WARN" and "RuntimeError: no converter for aten.bogus" in warning.detail
+    assert warning.fix == f"delete {marker} to try again"

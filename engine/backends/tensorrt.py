@@ -8,8 +8,10 @@ networks: each layer runs in the dtype the graph gives it.  The compiled
 programs are saved in the artifact cache and loaded on later starts with
 ``torch_tensorrt.load`` (which registers the engine-execution op even where
 only torch-tensorrt's Python runtime is present); an entry that fails to load
-is rebuilt.  Inputs stay on the GPU: the engines run on the current CUDA
-stream, with no host copy.
+is rebuilt.  TensorRT's kernel timing cache lives beside them (torch-tensorrt
+would keep it in the system's temporary folder), so rebuilds are quicker and
+clearing the cache clears it too.  Inputs stay on the GPU: the engines run on
+the current CUDA stream, with no host copy.
 
 ``python -m engine.tensorrt_ops`` checks, without TensorRT, that every op of
 these graphs has a torch-tensorrt converter, and that every keyword argument
@@ -26,6 +28,7 @@ import torch
 from ..export import FlatKeypoints, FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
+from ..weights import cache_root
 from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
 from .base import Backend, BackendUnavailable, cast_source, weights_fingerprint
 
@@ -92,7 +95,17 @@ class TensorRTBackend(Backend):
         self.render_engine = self._engine("render", key, *graphs["render"])
 
     def _engine(self, part: str, key: dict, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
+        """The compiled ``part``: from the cache, else built, saved and loaded back.
+
+        A failed build leaves ``<artifact>.failed`` holding the error, so that
+        later starts with the same weights, code and library versions fall back
+        at once instead of spending minutes failing again.
+        """
         path = artifact_path(f"tensorrt-{part}", ".ep", part=part, **key)
+        failure = path.with_suffix(".failed")
+        if failure.exists():
+            raise BackendUnavailable(f"the TensorRT {part} build failed before with these versions "
+                                     f"({failure.read_text().strip()}); delete {failure} to try again")
         if path.exists():
             try:
                 return self.torch_tensorrt.load(str(path)).module()
@@ -101,13 +114,18 @@ class TensorRTBackend(Backend):
                 path.unlink()
         try:
             with torch.no_grad():
-                compiled = self.torch_tensorrt.dynamo.compile(export_graph(module, inputs), arg_inputs=list(inputs),
-                                                              min_block_size=1)
+                compiled = self.torch_tensorrt.dynamo.compile(
+                    export_graph(module, inputs), arg_inputs=list(inputs), min_block_size=1,
+                    timing_cache_path=str(cache_root() / "compiled" / "tensorrt-timing-cache.bin"))
             build_atomically(path, lambda temporary: self.torch_tensorrt.save(
                 compiled, str(temporary), output_format="exported_program", arg_inputs=list(inputs)))
             return self.torch_tensorrt.load(str(path)).module()
         except Exception as error:
-            raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {type(error).__name__}: {error}") from error
+            reason = f"{type(error).__name__}: {error}"
+            path.unlink(missing_ok=True)
+            failure.parent.mkdir(parents=True, exist_ok=True)
+            failure.write_text(reason[:2000] + "\n")
+            raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {reason}") from error
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
