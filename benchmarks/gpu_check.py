@@ -65,13 +65,23 @@ def environment(device: torch.device, config: str, checkpoint: str | None) -> di
 @contextlib.contextmanager
 def exact_float32():
     """Float32 without TF32, for the reference: PyTorch lets cuDNN run float32 convolutions in TF32 (10 mantissa
-    bits, as many as float16) on Ampere and newer unless told not to, which would blur the errors measured."""
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    bits, as many as float16) on Ampere and newer unless told not to, which would blur the errors measured.
+
+    torch 2.9 and newer: the per-operation ``fp32_precision`` settings ("ieee"), which also hold where a global
+    setting says "tf32"; older torch: the ``allow_tf32`` flags.
+    """
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        settings, name, exact = (torch.backends.cudnn.conv, torch.backends.cuda.matmul), "fp32_precision", "ieee"
+    else:
+        settings, name, exact = (torch.backends.cudnn, torch.backends.cuda.matmul), "allow_tf32", False
+    saved = [getattr(setting, name) for setting in settings]
+    for setting in settings:
+        setattr(setting, name, exact)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+        for setting, value in zip(settings, saved):
+            setattr(setting, name, value)
 
 
 def frame_times(model, state, frame, motion, frames: int, warmup: int) -> list[float]:
@@ -169,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device here (use --device cpu for a dry run)", file=sys.stderr)
         return 2
-    home = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # cold builds: no compiled artifact, kernel or autotuning cache
-    os.environ.update(FOMM_LIVE_HOME=str(home), TORCHINDUCTOR_CACHE_DIR=str(home / "inductor"),
-                      TRITON_CACHE_DIR=str(home / "triton"))
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as home:  # cold builds: no artifact, kernel or timing cache
+        os.environ.update(FOMM_LIVE_HOME=home, TORCHINDUCTOR_CACHE_DIR=str(Path(home) / "inductor"),
+                          TRITON_CACHE_DIR=str(Path(home) / "triton"))
+        report = check_all(args, device)
+    print("\n" + table(report))
+    return 0
 
+
+def check_all(args: argparse.Namespace, device: torch.device) -> dict:
+    """The reference, then a row per backend and precision (see the module docstring); the report as written."""
     torch.manual_seed(0)
     model = load_model(args.config, args.checkpoint, device=device)
     height, width = model.frame_size
@@ -204,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
             if args.out:
                 args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print("\n" + table(report))
-    return 0
+    return report
 
 
 if __name__ == "__main__":

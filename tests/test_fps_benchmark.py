@@ -113,6 +113,7 @@ def test_tiny_run_on_the_cpu_writes_every_output(tmp_path, capsys, monkeypatch):
 
 
 def test_a_variant_that_fails_is_skipped_with_its_reason_and_the_rest_reported(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
     import benchmarks.fps as fps
 
     measure = fps.measure

@@ -58,3 +58,15 @@ def test_a_backend_that_breaks_is_a_row_and_the_run_goes_on(tmp_path, monkeypatc
 def test_refuses_cuda_without_a_gpu(capsys):
     assert gpu_check.main(["--device", "cuda"]) == 2
     assert "no CUDA device here" in capsys.readouterr().err
+
+
+def test_exact_float32_turns_tf32_off_and_restores_the_settings():
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = "tf32"  # as a user might have it
+    try:
+        with gpu_check.exact_float32():
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", before[1])
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
