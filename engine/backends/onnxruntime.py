@@ -26,6 +26,7 @@ from .artifacts import artifact_path, build_atomically, code_fingerprint, device
 from .base import Backend, BackendUnavailable, weights_fingerprint
 
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = frozenset(PROVIDERS[:2])
 
 
 def provider_settings(providers: list[str], device_index: int, engine_cache: Path) -> list:
@@ -65,7 +66,7 @@ def check_providers_in_use(in_use: list[str], device: torch.device) -> None:
     (CUDA, cuDNN, TensorRT) fail to load is dropped when the session is made,
     with a logged error only, and the session silently runs on the CPU.
     """
-    if device.type == "cuda" and not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(in_use):
+    if device.type == "cuda" and not GPU_PROVIDERS & set(in_use):
         raise BackendUnavailable(f"ONNX Runtime could not start its CUDA or TensorRT provider (the session has only {in_use}; "
                                  "its log above names the library that failed to load)")
 
@@ -80,8 +81,7 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime
         except ImportError:
             return 'onnxruntime is not installed: pip install -e ".[onnx]"'
-        if device.type == "cuda" and not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(
-                onnxruntime.get_available_providers()):
+        if device.type == "cuda" and not GPU_PROVIDERS & set(onnxruntime.get_available_providers()):
             return missing_gpu_providers_reason({"onnxruntime", "onnxruntime-gpu"} & installed_distributions())
         return super().unavailable_reason(device)
 
@@ -91,9 +91,6 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime
         except ImportError as error:
             raise BackendUnavailable(f"onnxruntime is not installed ({error}); pip install -e \".[onnx]\"") from None
-        reason = self.unavailable_reason(model.device)  # before exporting anything
-        if reason:
-            raise BackendUnavailable(reason)
         self.ort = onnxruntime
         self.device = model.device
         # Where IOBinding finds the tensors: ONNX Runtime's name for the device, and its index.
