@@ -3,7 +3,10 @@
 
 import sys
 
-from live.cli import main
-
 if __name__ == "__main__":
+    try:
+        from live.cli import main  # imports torch: seconds, during which Ctrl-C must not print a traceback
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

@@ -50,6 +50,9 @@ class AvatarLibrary:
         return len(self.files)
 
     def load(self, index: int, detector: FaceDetector, size: int) -> Avatar:
+        """Avatar ``index`` (0-based), read and framed; raises :class:`AvatarError` if it is missing or unreadable."""
+        if not 0 <= index < len(self.files):
+            raise AvatarError(f"no avatar {index + 1}: {self.path} holds {len(self.files)}")
         path = self.files[index]
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:

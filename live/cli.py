@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import traceback
 from pathlib import Path
 
 from engine import EngineError
@@ -13,6 +15,9 @@ from engine.weights import DEFAULT_CHECKPOINT_MD5, DEFAULT_WEIGHTS_URLS, default
 
 from .app import run_live
 from .doctor import run_doctor
+from .logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vox-adv-256.yaml"
 
@@ -39,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--output", help="also write the output to this video file (.mp4)")
     live.add_argument("--no-preview", action="store_true", help="no preview window (with a video file as the "
                       "camera: render the whole file as fast as possible)")
-    live.add_argument("--max-frames", type=int, help="stop after this many output frames")
+    live.add_argument("--max-frames", type=_positive_int, help="stop after this many output frames")
     live.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
                       help="relative motion: move the avatar by your motion since calibration (default: on)")
     live.add_argument("--adapt_scale", action=argparse.BooleanOptionalAction, default=True,
@@ -56,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--fps", type=float, default=30.0, help="virtual camera frame rate (default: 30)")
     live.add_argument("--global-hotkeys", action="store_true",
                       help="Ctrl+Alt+<key> hotkeys that work while another window has the focus (pynput)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show debug messages and the libraries' own log lines (OpenCV, FFmpeg, mediapipe)")
     first_run = parser.add_argument_group("first run")
     first_run.add_argument("--download-weights", action="store_true",
                            help="download and verify vox-adv-cpk.pth.tar (228 MB), then exit")
@@ -83,6 +90,24 @@ def main(argv: list[str] | None = None) -> int:
 
         return benchmark([a for a in argv if a != "--benchmark"])
     args = build_parser().parse_args(argv)
+    log_file, why_no_log_file = setup_logging(verbose=args.verbose)
+    if why_no_log_file:
+        log.warning("%s", why_no_log_file)
+    try:
+        return _run(args, log_file)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: one line here, the whole story in the log file
+        log.debug("unexpected error", exc_info=error)
+        if log_file is None:
+            traceback.print_exc()
+        where = f"; the traceback is in {log_file}" if log_file else ""
+        print(f"error: unexpected {type(error).__name__}: {error}{where}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, log_file: Path | None) -> int:
     if args.download_weights:
         return _download(args)
     if args.doctor:
@@ -92,7 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         failed = sum(f.status == "FAIL" for f in findings)
         print(f"\n{failed} problem(s) found." if failed else "\nAll set.")
         return 1 if failed else 0
-    return run_live(args)
+    return run_live(args, log_file)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
 
 
 def _in_range(low: float, high: float):

@@ -59,15 +59,19 @@ class Action:
 class Request(Enum):
     """Work a command asks of the inference thread."""
 
-    CALIBRATE = auto()  # take the current driving frame as the reference pose
-    START_SEARCH = auto()  # start looking for the frame whose pose best matches the avatar
-    FINISH_SEARCH = auto()  # calibrate on the best frame found
+    CALIBRATE = auto()  # take the current driving frame as the reference pose (ends a pose search)
+    TOGGLE_SEARCH = auto()  # start looking for the frame whose pose best matches the avatar, or calibrate on the best
     RELOAD_AVATARS = auto()  # rescan the avatar folder
 
 
 @dataclass(frozen=True)
 class LiveState:
-    """Every setting the user changes while running.  Replaced, never mutated."""
+    """Every setting the user changes while running.  Replaced, never mutated; owned by the main thread.
+
+    avatar_count is the one field learnt from elsewhere (the avatar folder, rescanned by the inference
+    thread): it is merged with :func:`with_avatar_count`, never by overwriting the user's choices.
+    Whether a pose search is running is the inference thread's to know, not a setting.
+    """
 
     avatar_index: int = 0
     avatar_count: int = 1
@@ -82,7 +86,6 @@ class LiveState:
     movement: float = 1.0
     smoothing: float = 0.0
     paused: bool = False
-    searching: bool = False
     quit: bool = False
 
 
@@ -152,10 +155,9 @@ def apply(state: LiveState, action: Action) -> tuple[LiveState, tuple[Request, .
     replace = dataclasses.replace
     command = action.command
     if command is Command.RECALIBRATE:
-        return replace(state, searching=False), (Request.CALIBRATE,)
+        return state, (Request.CALIBRATE,)
     if command is Command.FIND_REFERENCE:
-        request = Request.FINISH_SEARCH if state.searching else Request.START_SEARCH
-        return replace(state, searching=not state.searching), (request,)
+        return state, (Request.TOGGLE_SEARCH,)
     if command is Command.SELECT_AVATAR:
         if 1 <= action.argument <= state.avatar_count:
             return replace(state, avatar_index=action.argument - 1), ()
@@ -188,6 +190,12 @@ def apply(state: LiveState, action: Action) -> tuple[LiveState, tuple[Request, .
                Command.HELP: "help", Command.RELATIVE: "relative", Command.PAUSE: "paused", Command.QUIT: "quit"}
     name = toggles[command]
     return replace(state, **{name: not getattr(state, name)}), ()
+
+
+def with_avatar_count(state: LiveState, count: int) -> LiveState:
+    """The state after the avatar folder was rescanned and holds ``count`` images: the selection made meanwhile is
+    kept, and moved to the last avatar only if it no longer exists."""
+    return dataclasses.replace(state, avatar_count=count, avatar_index=min(state.avatar_index, count - 1))
 
 
 def _clamp(value: float, low: float, high: float) -> float:

@@ -1,22 +1,27 @@
 """Capture, inference and output in their own threads, joined by bounded queues.
 
-- capture thread: reads the camera; when it fails, reopens it with growing
-  pauses while the output holds the last frame with a message;
-- inference thread: frames, animates and composes (:class:`FrameProcessor`);
+- capture thread: reads the camera; when a webcam fails, reopens it with
+  growing pauses while the output holds the last frame with a message (a
+  video file that fails ends the run instead: it will not come back);
+- inference thread: frames, animates and composes (:class:`FrameProcessor`),
+  and owns the processor: only it closes it, so nothing is closed under a
+  frame in progress;
 - main thread: output to the sinks, the preview window and its keys (GUI
-  toolkits want the main thread).
+  toolkits want the main thread), and the signals that stop the run.
 
 Live, each queue holds one item and a new one replaces it (the newest frame
 wins; stale ones are dropped and counted).  Offline (a video file rendered to
 a file) the queues block instead, so that every frame is rendered in order.
-Every thread reports its errors to the :class:`StatusBoard`; none dies of one.
+Every thread reports its errors to the :class:`StatusBoard` (one line on
+screen, the traceback in the log file); none dies of one.  How the run ended
+and what it delivered comes back as a :class:`~live.outcome.RunReport`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import queue
-import sys
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,41 +32,56 @@ import numpy as np
 from tqdm import tqdm
 
 from .capture import CameraError, FrameSource
-from .hotkeys import Action, LiveState, apply, help_lines
+from .hotkeys import Action, LiveState, apply, help_lines, with_avatar_count
 from .hud import draw_lines, draw_message
+from .outcome import RunReport, StopReason
 from .processor import FrameProcessor, Processed
+from .signals import on_stop_signals
 from .sinks import Sink
 from .status import StatusBoard
+
+log = logging.getLogger(__name__)
 
 END = object()  # marks the end of a finite stream in the queues
 
 
 class LatestQueue:
-    """Holds at most one item; ``put`` replaces what is there (counted in ``dropped``)."""
+    """Holds at most one item; ``put`` replaces what is there (counted in ``dropped``).
+
+    ``end()`` marks the end of the stream: ``get`` returns the item still held, if any, then END.
+    """
 
     def __init__(self):
         self._item: Any = None
         self._full = False
+        self._ended = False
         self._condition = threading.Condition()
         self.dropped = 0
 
     def put(self, item: Any) -> None:
         with self._condition:
-            if self._full and self._item is not END:
+            if self._ended:
+                return
+            if self._full:
                 self.dropped += 1
-            if not (self._full and self._item is END):  # the end of the stream is never overwritten
-                self._item, self._full = item, True
+            self._item, self._full = item, True
+            self._condition.notify()
+
+    def end(self) -> None:
+        with self._condition:
+            self._ended = True
             self._condition.notify()
 
     def get(self, timeout: float) -> Any:
-        """The newest item, or None if none came within ``timeout`` seconds."""
+        """The newest item, END once the stream has ended and nothing is left, or None if nothing came within
+        ``timeout`` seconds."""
         with self._condition:
-            if not self._full:
+            if not (self._full or self._ended):
                 self._condition.wait(timeout)
-            if not self._full:
-                return None
-            item, self._item, self._full = self._item, None, False
-            return item
+            if self._full:
+                item, self._item, self._full = self._item, None, False
+                return item
+            return END if self._ended else None
 
 
 class BlockingQueue:
@@ -79,6 +99,9 @@ class BlockingQueue:
                 return
             except queue.Full:
                 continue
+
+    def end(self) -> None:
+        self.put(END)
 
     def get(self, timeout: float) -> Any:
         try:
@@ -119,7 +142,8 @@ class Statistics:
 
 
 class Pipeline:
-    """Runs until the stream ends, ``max_frames`` outputs were sent, or the user quits.
+    """Runs until the stream ends, ``max_frames`` outputs were sent, the user quits, a signal arrives, or an output
+    that is required fails.
 
     source, processor, sinks and preview are ready-made parts (tests pass
     their own).  preview: an object with ``show(frame)``, ``poll_keys(ms) ->
@@ -146,13 +170,54 @@ class Pipeline:
         self.captured = BlockingQueue(self.stop) if offline else LatestQueue()
         self.rendered = BlockingQueue(self.stop) if offline else LatestQueue()
         self.requests: queue.Queue = queue.Queue()  # main -> inference: work the hotkeys asked for
-        self.state_changes: queue.Queue = queue.Queue()  # inference -> main: state fields that work changed
+        self.avatar_counts: queue.Queue = queue.Queue()  # inference -> main: the avatar folder was rescanned
         self.statistics = Statistics()
         self.frames_sent = 0
+        self.frames_read = 0
+        self.frames_failed = 0
+        self.searching = False  # as the inference thread last reported it, for the HUD
+        self._reason: StopReason | None = None
+        self._detail = ""
+        self._signal_number: int | None = None  # set by the signal handler, acted on by the main loop
         self._last_action: dict[str, tuple[Action | None, float]] = {"window": (None, 0.0), "global": (None, 0.0)}
+
+    # -- how the run ends ----------------------------------------------------------------------------------------
+    _SEVERITY = {StopReason.END_OF_STREAM: 0, StopReason.MAX_FRAMES: 0, StopReason.QUIT: 0, StopReason.SIGNAL: 1,
+                 StopReason.CAMERA_FAILED: 2, StopReason.OUTPUT_FAILED: 2}
+
+    def _end(self, reason: StopReason, detail: str = "") -> None:
+        """Record why the run ends; a failure outranks a signal, which outranks an ordinary end."""
+        if self._reason is None or self._SEVERITY[reason] > self._SEVERITY[self._reason]:
+            self._reason, self._detail = reason, detail
+
+    def _on_signal(self, number: int) -> None:
+        # Runs in the main thread between two bytecodes, possibly while it holds a lock: only set a field here.
+        self._signal_number = number
+
+    def promised_in_advance(self) -> int | None:
+        """How many frames an offline render will write, where that is known before it starts."""
+        known = [n for n in (self.max_frames, self.source.frame_count) if n]
+        return min(known) if known else None
+
+    def report(self) -> RunReport:
+        promised = None
+        if self.offline:  # a stream of unknown length promised every frame it held
+            promised = self.promised_in_advance() or self.frames_read + self.source.unreadable
+        return RunReport(offline=self.offline, promised=promised, written=self.frames_sent,
+                         unreadable=self.source.unreadable, failed=self.frames_failed,
+                         dropped=self.captured.dropped + self.rendered.dropped,
+                         reason=self._reason or StopReason.END_OF_STREAM, detail=self._detail,
+                         signal_number=self._signal_number)
 
     # -- capture thread -------------------------------------------------------------------------------------
     def _capture(self) -> None:
+        try:
+            self._capture_frames()
+        finally:
+            self.source.close()
+            self.captured.end()
+
+    def _capture_frames(self) -> None:
         attempt = 0
         opened = False
         interval = 0.0
@@ -171,6 +236,10 @@ class Pipeline:
                 frame = self.source.read()
                 read_ms = (time.perf_counter() - start) * 1e3
             except CameraError as error:
+                if not self.source.realtime:  # a file does not come back: the stream ends here, with the reason
+                    self.status.event(f"{self.source.name}: {error}")
+                    self._end(StopReason.CAMERA_FAILED, str(error))
+                    return
                 self.source.close()
                 opened = False
                 delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
@@ -179,34 +248,40 @@ class Pipeline:
                 self.stop.wait(delay)
                 continue
             except Exception as error:  # an unexpected failure must not kill the thread silently
-                self.status.set("camera", f"capture error: {error!r}")
+                self.status.failure("camera", "capture error", error)
                 self.stop.wait(0.5)
                 continue
             if frame is None:
-                self.captured.put(END)
-                break
+                return
+            self.frames_read += 1
             self.captured.put(Captured(frame, read_ms))
             if interval:  # ... plays at its own frame rate
                 next_time += interval
                 self.stop.wait(max(0.0, next_time - time.monotonic()))
-        self.source.close()
 
     # -- inference thread -----------------------------------------------------------------------------------
     def _infer(self) -> None:
+        try:
+            self._infer_frames()
+        finally:
+            self.rendered.end()
+            self.processor.close()
+
+    def _infer_frames(self) -> None:
         while not self.stop.is_set():
             self._handle_requests()
             item = self.captured.get(timeout=0.1)
             if item is None:
                 continue
             if item is END:
-                self.rendered.put(END)
                 return
             if self.state.paused:
                 continue
             try:
                 processed = self.processor.process(item.frame, self.state)
             except Exception as error:
-                self.status.set("inference", f"inference error: {error}")
+                self.frames_failed += 1
+                self.status.failure("inference", "inference error", error)
                 continue
             self.status.clear("inference", "inference recovered")
             self.rendered.put(Rendered(processed, item.read_ms))
@@ -218,46 +293,60 @@ class Pipeline:
             except queue.Empty:
                 return
             try:
-                changes = self.processor.handle(request)
+                avatar_count = self.processor.handle(request)
             except Exception as error:
-                self.status.event(f"{request.name.lower()} failed: {error}")
+                self.status.failure(f"request {request.name}", f"{request.name.lower()} failed", error, standing=False)
                 continue
-            if changes:
-                self.state_changes.put(changes)
+            if avatar_count is not None:
+                self.avatar_counts.put(avatar_count)
 
     # -- main thread ------------------------------------------------------------------------------------------
-    def run(self) -> int:
-        """Run to the end; returns the process exit code (0: ended normally or by the user)."""
+    def run(self) -> RunReport:
+        """Run to the end; returns how it ended and what it delivered (``.exit_code()`` is the process's status)."""
         threads = [threading.Thread(target=self._capture, name="capture", daemon=True),
                    threading.Thread(target=self._infer, name="inference", daemon=True)]
-        for thread in threads:
-            thread.start()
-        progress = tqdm(total=self.max_frames or self.source.frame_count, unit="frame", disable=not self.offline,
-                        desc="rendering")
-        last: Rendered | None = None
-        try:
-            while not self.stop.is_set():
-                item = self.rendered.get(timeout=1 / 30)
-                if item is END:
-                    break
-                if item is not None:
-                    last = item
-                    self.statistics.add({"capture": item.read_ms, **item.processed.timings})
-                if last is not None and (item is not None or not self.offline):
-                    self._send(last, fresh=item is not None)
-                    if item is not None:
-                        progress.update(1)
-                self._poll_keys()
-                if self.max_frames is not None and self.frames_sent >= self.max_frames:
-                    break
-        except KeyboardInterrupt:
-            self.status.event("interrupted: shutting down")
-        finally:
-            self._shutdown(threads)
-            progress.close()
-        return 0
+        progress = tqdm(total=self.promised_in_advance(), unit="frame",
+                        disable=not self.offline, desc="rendering")
+        with on_stop_signals(self._on_signal):
+            for thread in threads:
+                thread.start()
+            try:
+                self._output_loop(progress)
+            finally:
+                self._shutdown(threads)
+                progress.close()
+        return self.report()
 
-    def _send(self, rendered: Rendered, fresh: bool) -> None:
+    def _output_loop(self, progress: tqdm) -> None:
+        last: Rendered | None = None
+        while True:
+            if self._signal_number is not None:
+                self.status.event(f"{_signal_name(self._signal_number)} received: finishing the outputs")
+                self._end(StopReason.SIGNAL)
+                return
+            item = self.rendered.get(timeout=1 / 30)
+            if item is END:
+                self._end(StopReason.END_OF_STREAM)
+                return
+            if item is not None:
+                last = item
+                self.searching = item.processed.searching
+                self.statistics.add({"capture": item.read_ms, **item.processed.timings})
+            if last is not None and (item is not None or not self.offline):
+                if self._send(last, fresh=item is not None):
+                    progress.update(1)
+            if self._reason is StopReason.OUTPUT_FAILED:
+                return
+            self._poll_keys()
+            if self.state.quit:
+                self._end(StopReason.QUIT)
+                return
+            if self.max_frames is not None and self.frames_sent >= self.max_frames:
+                self._end(StopReason.MAX_FRAMES)
+                return
+
+    def _send(self, rendered: Rendered, fresh: bool) -> bool:
+        """Send a frame to every sink; returns whether a fresh frame reached every required one (it is written)."""
         frame = rendered.processed.output
         if self.state.mirror:
             frame = frame[:, ::-1]
@@ -266,20 +355,33 @@ class Pipeline:
             frame = frame.copy()
             draw_message(frame, "camera lost: reconnecting...")
         start = time.perf_counter()
+        delivered = True
         for sink in list(self.sinks):
             try:
                 sink.send(frame)
-            except Exception as error:  # a failing sink never stops the others
-                self.status.set(f"sink {sink.name}", f"{sink.name} failed and was closed: {error}")
-                self.sinks.remove(sink)
-                _close_quietly(sink)
+            except Exception as error:
+                delivered = delivered and not sink.required
+                self._drop_sink(sink, error)
+        if not self.sinks and self.preview is None and self._reason is None:
+            self._end(StopReason.OUTPUT_FAILED, "no output is left")
         sink_ms = (time.perf_counter() - start) * 1e3
-        if fresh:
+        if fresh and delivered:
             self.frames_sent += 1
             self.statistics.add({"sink": sink_ms})
             self.statistics.tick(time.monotonic())
         if self.preview is not None:
             self.preview.show(self._preview_frame(frame, rendered))
+        return fresh and delivered
+
+    def _drop_sink(self, sink: Sink, error: Exception) -> None:
+        """Take a failed sink out of the run: a required one (the video file) stops the run, others are let go."""
+        self.sinks.remove(sink)
+        if sink.required:
+            self.status.failure(f"sink {sink.name}", f"{sink.name} failed; stopping", error)
+            self._end(StopReason.OUTPUT_FAILED, f"{sink.name} failed: {error}")
+        else:
+            self.status.failure(f"sink {sink.name}", f"{sink.name} failed and was closed", error)
+        self._close_sink(sink)
 
     def _preview_frame(self, frame: np.ndarray, rendered: Rendered) -> np.ndarray:
         view = frame.copy()
@@ -297,7 +399,7 @@ class Pipeline:
                 f"avatar {state.avatar_index + 1}/{state.avatar_count}  {'relative' if state.relative else 'absolute'}"
                 f"  movement {state.movement:.1f}  smoothing {state.smoothing:.1f}  zoom {state.zoom:.2f}"
                 + ("  PAUSED" if state.paused else "") + ("  PASSTHROUGH" if state.passthrough else "")
-                + ("  SEARCHING POSE" if state.searching else ""),
+                + ("  SEARCHING POSE" if self.searching else ""),
                 "h: help",
             ], (10, 10))
         if state.help:
@@ -307,9 +409,9 @@ class Pipeline:
         return view
 
     def _poll_keys(self) -> None:
-        while True:  # the main thread owns the state: changes made by the inference thread are merged here
+        while True:  # the main thread owns the state: what the inference thread learnt is merged here
             try:
-                self.state = dataclasses.replace(self.state, **self.state_changes.get_nowait())
+                self.state = with_avatar_count(self.state, self.avatar_counts.get_nowait())
             except queue.Empty:
                 break
         actions = []
@@ -338,25 +440,35 @@ class Pipeline:
                               + (f" {action.argument}" if action.argument else ""))
             for request in requests:
                 self.requests.put(request)
-            if self.state.quit:
-                self.stop.set()
 
     def _shutdown(self, threads: list[threading.Thread]) -> None:
+        """Stop the threads, then finish every sink (a video file is finalised here) and close the preview.
+
+        The inference thread closes the processor itself when it leaves its
+        loop; if it is still inside a slow frame after the grace period, it
+        does so when that frame is done (it is a daemon, so it never holds up
+        the exit).
+        """
         self.stop.set()
         deadline = time.monotonic() + 1.0
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                self.status.event(f"{thread.name} thread still busy at exit (it is a daemon and ends with the process)")
-        for sink in self.sinks:
-            _close_quietly(sink)
+                log.debug("%s thread still busy at exit", thread.name)
+        for sink in list(self.sinks):
+            self._close_sink(sink)
+        self.sinks.clear()
         if self.preview is not None:
             self.preview.close()
-        self.processor.close()
+
+    def _close_sink(self, sink: Sink) -> None:
+        try:
+            sink.close()
+        except Exception as error:  # closing must go on for the other sinks
+            self.status.failure(f"sink {sink.name}", f"closing {sink.name} failed", error, standing=False)
+            if sink.required:
+                self._end(StopReason.OUTPUT_FAILED, f"closing {sink.name} failed: {error}")
 
 
-def _close_quietly(sink: Sink) -> None:
-    try:
-        sink.close()
-    except Exception as error:  # closing must go on for the other sinks
-        print(f"closing {sink.name} failed: {error}", file=sys.stderr)
+def _signal_name(number: int) -> str:
+    return signal.Signals(number).name

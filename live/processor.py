@@ -21,11 +21,13 @@ from .status import StatusBoard
 @dataclass
 class Processed:
     """output: the frame for the sinks (HxWx3 uint8 RGB at the output size); inset: the camera crop as the
-    model saw it, with the avatar overlaid at the overlay opacity; timings: milliseconds per stage."""
+    model saw it, with the avatar overlaid at the overlay opacity; timings: milliseconds per stage;
+    searching: whether a pose search (key F) is running."""
 
     output: np.ndarray
     inset: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    searching: bool = False
 
 
 class FrameProcessor:
@@ -74,20 +76,21 @@ class FrameProcessor:
             self.status.set("avatar", f"no face found in avatar {avatar.name}: using its centre")
         self.status.event(f"avatar {index + 1}/{len(self.library)}: {avatar.name}")
 
-    def handle(self, request: Request) -> dict[str, int]:
-        """Carry out a request from the hotkeys; returns the live-state fields it changed (may be empty)."""
+    def handle(self, request: Request) -> int | None:
+        """Carry out a request from the hotkeys; returns the new number of avatars after a rescan, else None."""
         if request is Request.CALIBRATE:
+            self._search = None
             self.calibrate()
-        elif request is Request.START_SEARCH:
-            self._start_search()
-        elif request is Request.FINISH_SEARCH:
-            self._finish_search()
+        elif request is Request.TOGGLE_SEARCH:
+            if self._search is None:
+                self._start_search()
+            else:
+                self._finish_search()
         elif request is Request.RELOAD_AVATARS:
             self.library.scan()
-            index = min(self.avatar_index, len(self.library) - 1)
-            self.select_avatar(index)
-            return {"avatar_index": index, "avatar_count": len(self.library)}
-        return {}
+            self.select_avatar(min(self.avatar_index, len(self.library) - 1))
+            return len(self.library)
+        return None
 
     def calibrate(self) -> None:
         """Re-place the camera crop around the face and take the current pose as the reference."""
@@ -102,11 +105,12 @@ class FrameProcessor:
 
     def process(self, frame: np.ndarray, state: LiveState) -> Processed:
         """One camera frame (HxWx3 uint8 RGB) -> the output frame and the preview inset."""
-        if state.avatar_index not in (self.avatar_index, self._unloadable):
+        wanted = min(state.avatar_index, len(self.library) - 1)  # the state may predate a rescan that shrank the folder
+        if wanted not in (self.avatar_index, self._unloadable):
             try:
-                self.select_avatar(state.avatar_index)
+                self.select_avatar(wanted)
             except AvatarError as error:  # keep animating the current avatar; say why the other one is not shown
-                self._unloadable = state.avatar_index
+                self._unloadable = wanted
                 self.status.set("avatar", f"{error}; still showing {self.avatar.name}")
         self._apply_settings(state)
         timings = {}
@@ -140,7 +144,7 @@ class FrameProcessor:
         if state.overlay > 0:
             inset = cv2.addWeighted(self.avatar.framed.crop, state.overlay, framed.crop, 1 - state.overlay, 0)
         timings["compose"] = _ms(start)
-        return Processed(output, inset, timings)
+        return Processed(output, inset, timings, searching=self._search is not None)
 
     def close(self) -> None:
         self.avatar_detector.close()

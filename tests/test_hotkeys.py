@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from live.hotkeys import BINDINGS, KEYMAP, Action, Command, LiveState, Request, action_for_key, apply, help_lines
+from live.hotkeys import (BINDINGS, KEYMAP, Action, Command, LiveState, Request, action_for_key, apply, help_lines,
+                          with_avatar_count)
 
 
 def test_every_command_has_a_key_and_no_key_is_bound_twice():
@@ -40,11 +41,16 @@ def press(state: LiveState, command: Command, argument: int = 0):
 def test_recalibrate_and_search_make_requests():
     state = LiveState()
     assert press(state, Command.RECALIBRATE) == (state, (Request.CALIBRATE,))
-    searching, requests = press(state, Command.FIND_REFERENCE)
-    assert searching.searching and requests == (Request.START_SEARCH,)
-    done, requests = press(searching, Command.FIND_REFERENCE)
-    assert not done.searching and requests == (Request.FINISH_SEARCH,)
+    # Whether F starts or finishes a search is decided where the search runs, not guessed here.
+    assert press(state, Command.FIND_REFERENCE) == (state, (Request.TOGGLE_SEARCH,))
     assert press(state, Command.RELOAD_AVATARS) == (state, (Request.RELOAD_AVATARS,))
+
+
+def test_a_rescanned_folder_keeps_the_selection_made_meanwhile():
+    chosen_while_rescanning = press(LiveState(avatar_count=3), Command.NEXT_AVATAR)[0]
+    assert with_avatar_count(chosen_while_rescanning, 4) == LiveState(avatar_index=1, avatar_count=4)
+    # A selection past the end of a shrunken folder moves to its last avatar, never out of range.
+    assert with_avatar_count(LiveState(avatar_index=2, avatar_count=3), 1).avatar_index == 0
 
 
 def test_avatar_selection_wraps_and_ignores_missing_numbers():
