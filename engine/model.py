@@ -9,12 +9,13 @@ from torch import nn
 
 from .backends import Backend, select_backend
 from .checkpoint import load_weights_strictly, read_checkpoint
+from .errors import CheckpointError
 from .config import ModelConfig
 from .generator import Generator, SourceState
 from .keypoint_detector import KeypointDetector
 from .motion import Keypoints
 from .weights import cache_root
-from .weights_cache import WeightsCache
+from .weights_cache import StateDicts, WeightsCache
 
 
 class RenderStep(nn.Module):
@@ -123,6 +124,36 @@ def _build_networks(config: ModelConfig, align_corners: bool) -> tuple[KeypointD
     return KeypointDetector(config.kp_detector), Generator(config.generator, align_corners=align_corners)
 
 
+def _filled_networks(config: ModelConfig, state_dicts: StateDicts, align_corners: bool) -> tuple[KeypointDetector, Generator]:
+    """Both networks built for ``config`` and filled strictly from ``state_dicts``; raises CheckpointError."""
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the state dicts
+        kp_detector, generator = _build_networks(config, align_corners)
+    load_weights_strictly(kp_detector, state_dicts["kp_detector"], f"kp_detector of config {config.name!r}")
+    load_weights_strictly(generator, state_dicts["generator"], f"generator of config {config.name!r}")
+    return kp_detector, generator
+
+
+def _load_networks(config: ModelConfig, checkpoint: Path, align_corners: bool,
+                   cache: WeightsCache | None) -> tuple[KeypointDetector, Generator]:
+    """Both networks filled from the cache's copy of ``checkpoint`` if it has a good one, else from the checkpoint.
+
+    A cached copy that does not fit is the copy's fault, not the checkpoint's:
+    it is discarded and the checkpoint itself decides.  A checkpoint that
+    loaded strictly is then copied into the cache.
+    """
+    cached = cache.read(checkpoint, config) if cache is not None else None
+    if cached is not None:
+        try:
+            return _filled_networks(config, cached, align_corners)
+        except CheckpointError as error:
+            cache.discard(cache.entry_path(checkpoint, config), str(error))
+    state_dicts = read_checkpoint(checkpoint)
+    networks = _filled_networks(config, state_dicts, align_corners)
+    if cache is not None:
+        cache.write(checkpoint, config, state_dicts)
+    return networks
+
+
 def load_model(
     config: str | Path | ModelConfig,
     checkpoint: str | Path | None,
@@ -159,14 +190,7 @@ def load_model(
     else:
         checkpoint = Path(checkpoint)
         cache = WeightsCache(cache_root()) if weights_cache and checkpoint.suffix != ".safetensors" else None
-        cached = cache.read(checkpoint, config) if cache is not None else None
-        state_dicts = cached if cached is not None else read_checkpoint(checkpoint)
-        with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
-            kp_detector, generator = _build_networks(config, align_corners)
-        load_weights_strictly(kp_detector, state_dicts["kp_detector"], f"kp_detector of config {config.name!r}")
-        load_weights_strictly(generator, state_dicts["generator"], f"generator of config {config.name!r}")
-        if cache is not None and cached is None:
-            cache.write(checkpoint, config, state_dicts)
+        kp_detector, generator = _load_networks(config, checkpoint, align_corners, cache)
     model = FirstOrderModel(config, kp_detector, generator)
     if fuse_layers:
         model.fuse_layers()
