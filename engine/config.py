@@ -6,11 +6,17 @@ The original configs keep the architecture under ``model_params``:
 comes from ``dataset_params.frame_shape`` (older configs call it
 ``image_shape``).  Every other section (training, discriminator, visualiser)
 is accepted and ignored, so unmodified original config files load.
+
+Values are checked, not only their types: every field has a :class:`Rule`
+(kind, range, finite), and :class:`ModelConfig` checks that each network's
+downsampling divides the frame and leaves maps to work on.  A bad value is a
+:class:`ConfigError` naming the section and key, what was expected and what was found.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +24,57 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be: its kind, and the smallest and largest value allowed.
+
+    ``low_open``: the smallest value itself is excluded (``temperature > 0``).
+    Float values must also be finite (not nan, not inf).
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def expectation(self) -> str:
+        """In words, e.g. "a whole number >= 1" or "a finite number > 0"."""
+        if self.kind is bool:
+            return "true or false"
+        noun = "a whole number" if self.kind is int else "a finite number"
+        if self.low is not None and self.low == self.high:
+            return f"{self.low:g}"
+        if self.low is not None and self.high is not None:
+            return f"{noun} from {self.low:g}{' (excluded)' if self.low_open else ''} to {self.high:g}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        return noun
+
+    def allows(self, value: Any) -> bool:
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or value <= self.high
+
+
+def _field(rule: Rule, **default: Any):
+    return dataclasses.field(metadata={"rule": rule}, **default)
+
+
+_COUNT = Rule(int, low=1)  # num_kp, channel widths, block counts
+_SWITCH = Rule(bool)
+_RGB = Rule(int, low=3, high=3)  # images are HxWx3 RGB (engine.images)
+_POSITIVE = Rule(float, low=0.0, low_open=True)
+_SCALE = Rule(float, low=0.0, high=1.0, low_open=True)  # further: 1/n, and small enough for the frame (ModelConfig)
 
 
 @dataclass(frozen=True)
@@ -29,41 +86,50 @@ class KeypointDetectorConfig:
     every released model, which makes the heatmaps 58x58).
     """
 
-    num_kp: int
-    num_channels: int
-    estimate_jacobian: bool
-    temperature: float
-    block_expansion: int
-    max_features: int
-    num_blocks: int
-    scale_factor: float = 1.0
-    single_jacobian_map: bool = False
-    pad: int = 0
+    num_kp: int = _field(_COUNT)
+    num_channels: int = _field(_RGB)
+    estimate_jacobian: bool = _field(_SWITCH)
+    temperature: float = _field(_POSITIVE)
+    block_expansion: int = _field(_COUNT)
+    max_features: int = _field(_COUNT)
+    num_blocks: int = _field(_COUNT)
+    scale_factor: float = _field(_SCALE, default=1.0)
+    single_jacobian_map: bool = _field(_SWITCH, default=False)
+    pad: int = _field(Rule(int, low=0, high=3), default=0)
+
+    def __post_init__(self):
+        _check_values(self, "kp_detector_params")
 
 
 @dataclass(frozen=True)
 class DenseMotionConfig:
     """Architecture of the dense motion network inside the generator."""
 
-    block_expansion: int
-    max_features: int
-    num_blocks: int
-    scale_factor: float = 1.0
-    kp_variance: float = 0.01
+    block_expansion: int = _field(_COUNT)
+    max_features: int = _field(_COUNT)
+    num_blocks: int = _field(_COUNT)
+    scale_factor: float = _field(_SCALE, default=1.0)
+    kp_variance: float = _field(_POSITIVE, default=0.01)
+
+    def __post_init__(self):
+        _check_values(self, "dense_motion_params")
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Architecture of the occlusion-aware generator."""
 
-    num_kp: int
-    num_channels: int
-    block_expansion: int
-    max_features: int
-    num_down_blocks: int
-    num_bottleneck_blocks: int
-    dense_motion: DenseMotionConfig
-    estimate_occlusion_map: bool = False
+    num_kp: int = _field(_COUNT)
+    num_channels: int = _field(_RGB)
+    block_expansion: int = _field(_COUNT)
+    max_features: int = _field(_COUNT)
+    num_down_blocks: int = _field(Rule(int, low=0))
+    num_bottleneck_blocks: int = _field(Rule(int, low=0))
+    dense_motion: DenseMotionConfig = dataclasses.field()
+    estimate_occlusion_map: bool = _field(_SWITCH, default=False)
+
+    def __post_init__(self):
+        _check_values(self, "generator_params")
 
 
 @dataclass(frozen=True)
@@ -78,6 +144,9 @@ class ModelConfig:
     frame_size: tuple[int, int]
     kp_detector: KeypointDetectorConfig
     generator: GeneratorConfig
+
+    def __post_init__(self):
+        _check_fits_frame(self)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ModelConfig":
@@ -107,32 +176,77 @@ class ModelConfig:
         common_fields = {"num_kp", "num_channels", "estimate_jacobian"}
         _check_keys(common, common_fields, common_fields, f"{where}: model_params.common_params")
 
-        kp_detector = _build(KeypointDetectorConfig, {**kp_params, **common}, f"{where}: kp_detector_params")
-        dense_motion = _build(DenseMotionConfig, dense_params, f"{where}: dense_motion_params")
+        kp_detector = _build(KeypointDetectorConfig, {**kp_params, **common}, where, "kp_detector_params")
+        dense_motion = _build(DenseMotionConfig, dense_params, where, "dense_motion_params")
         generator_fields = {k: v for k, v in common.items() if k != "estimate_jacobian"}
-        generator = _build(
-            GeneratorConfig,
-            {**gen_params, **generator_fields, "dense_motion": dense_motion},
-            f"{where}: generator_params",
-        )
-        _check_scale_factor(kp_detector.scale_factor, f"{where}: kp_detector_params")
-        _check_scale_factor(dense_motion.scale_factor, f"{where}: dense_motion_params")
+        generator = _build(GeneratorConfig, {**gen_params, **generator_fields, "dense_motion": dense_motion}, where,
+                           "generator_params")
         return cls(name=name, frame_size=_frame_size(document, where), kp_detector=kp_detector, generator=generator)
 
 
 def _frame_size(document: Mapping[str, Any], where: str) -> tuple[int, int]:
-    dataset = document.get("dataset_params") or {}
-    shape = dataset.get("frame_shape", dataset.get("image_shape", [256, 256, 3]))
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise ConfigError(f"{where}: dataset_params.frame_shape must be [height, width, channels], got {shape!r}")
+    dataset = document.get("dataset_params")
+    dataset = {} if dataset is None else _require_mapping(dataset, f"{where}: dataset_params")
+    key = "frame_shape" if "frame_shape" in dataset or "image_shape" not in dataset else "image_shape"
+    shape = dataset.get(key, [256, 256, 3])
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape) and shape[2] == 3):
+        raise ConfigError(f"{where}: dataset_params.{key}: expected [height, width, channels] with "
+                          f"positive whole numbers and 3 (RGB) channels, found {shape!r}")
     return shape[0], shape[1]
 
 
-def _check_scale_factor(scale: float, where: str) -> None:
+def _check_values(config: Any, section: str) -> None:
+    """Every field of a config dataclass against its :class:`Rule`; raises ConfigError naming the key."""
+    for field in dataclasses.fields(config):
+        rule = field.metadata.get("rule")
+        value = getattr(config, field.name)
+        if rule is not None and not rule.allows(value):
+            raise ConfigError(f"{section}: {field.name}: expected {rule.expectation()}, found {value!r}")
+    scale = getattr(config, "scale_factor", None)
+    if scale is not None:
+        _check_scale_factor(scale, section)
+
+
+def _check_scale_factor(scale: float, section: str) -> None:
     """The anti-alias downsampling keeps every n-th pixel: scale must be 1 or 1/n."""
     inverse = 1.0 / scale
-    if scale > 1.0 or abs(inverse - round(inverse)) > 1e-6:
-        raise ConfigError(f"{where}: scale_factor must be 1/n for a whole number n (1, 0.5, 0.25, ...), got {scale}")
+    if abs(inverse - round(inverse)) > 1e-6:
+        raise ConfigError(f"{section}: scale_factor: expected 1/n for a whole number n (1, 0.5, 0.25, ...), found {scale}")
+
+
+def _check_fits_frame(config: "ModelConfig") -> None:
+    """Each network's downsampling must divide the frame exactly and leave maps large enough to work on.
+
+    The keypoint detector and the dense motion network scale the frame by
+    1/n, then their hourglass halves it ``num_blocks`` times and doubles it
+    back, concatenating the maps of equal size: height and width must be
+    multiples of n * 2**num_blocks.  The detector's 7x7 output convolutions
+    (padding ``pad``) then need heatmaps of at least 2x2 (coordinates span
+    [-1, 1] from the first to the last pixel).  The generator halves the
+    frame ``num_down_blocks`` times and doubles it back to the frame size:
+    multiples of 2**num_down_blocks.
+    """
+    height, width = config.frame_size
+    where = f"config {config.name!r}: dataset_params.frame_shape {height}x{width}"
+    kp, dense, generator = config.kp_detector, config.generator.dense_motion, config.generator
+    networks = [
+        ("kp_detector_params", kp.scale_factor, "num_blocks", kp.num_blocks),
+        ("dense_motion_params", dense.scale_factor, "num_blocks", dense.num_blocks),
+        ("generator_params", 1.0, "num_down_blocks", generator.num_down_blocks),
+    ]
+    for section, scale, blocks_key, blocks in networks:
+        step = round(1 / scale) * 2**blocks
+        if height % step or width % step:
+            scaled = f"scale_factor {scale:g} and " if scale != 1 else ""
+            raise ConfigError(
+                f"{where} does not fit {section}: {scaled}{blocks_key} {blocks} need a height and width that are "
+                f"multiples of {step:,}" + (" (the frame would shrink to nothing)" if step > max(height, width) else "")
+            )
+    heatmap = min(height, width) // round(1 / kp.scale_factor) + 2 * kp.pad - 6
+    if heatmap < 2:
+        raise ConfigError(f"{where} is too small for kp_detector_params: scale_factor {kp.scale_factor:g} and pad "
+                          f"{kp.pad} leave heatmaps of {heatmap} pixel(s); expected at least 2")
 
 
 def _require_mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -151,20 +265,18 @@ def _check_keys(given: Mapping[str, Any], allowed: set[str], required: set[str],
         raise ConfigError(f"{where}: missing keys {missing}")
 
 
-def _build(config_type: type, values: Mapping[str, Any], where: str):
+def _build(config_type: type, values: Mapping[str, Any], where: str, section: str):
+    """A config dataclass from YAML ``section`` of config ``where``; whole numbers are accepted where a float is expected."""
     fields = {f.name: f for f in dataclasses.fields(config_type)}
     required = {name for name, f in fields.items() if f.default is dataclasses.MISSING}
-    _check_keys(values, set(fields), required, where)
+    _check_keys(values, set(fields), required, f"{where}: {section}")
     converted = {}
     for key, value in values.items():
-        expected = fields[key].type
-        if expected == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
-        if expected == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ConfigError(f"{where}: {key} must be a non-negative integer, got {value!r}")
-        if expected == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{where}: {key} must be a positive number, got {value!r}")
+        rule = fields[key].metadata.get("rule")
+        if rule is not None and rule.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         converted[key] = value
-    return config_type(**converted)
+    try:
+        return config_type(**converted)
+    except ConfigError as error:  # raised by the dataclass's own checks, which name the section and key
+        raise ConfigError(f"{where}: {error}") from None

@@ -55,18 +55,25 @@ def test_pickle_that_runs_code_is_refused_and_never_run(tmp_path, zip_format):
     marker = tmp_path / "code-was-executed"
     path = tmp_path / "evil.pth.tar"
     torch.save({"generator": RunsCode(marker), "kp_detector": {}}, path, _use_new_zipfile_serialization=zip_format)
-    with pytest.raises(CheckpointError, match="pickled code .*system.*Nothing from it was executed"):
+    with pytest.raises(CheckpointError, match="pickled code .*system.*Nothing from it was executed") as error:
         load_model(CONFIG, path)
     assert not marker.exists()
+    assert "weights_only" not in str(error.value)  # torch's advice to turn the protection off is not passed on
 
 
 def test_truncated_checkpoint_is_reported_as_corrupt(tmp_path):
     data = CHECKPOINT.read_bytes()
     path = tmp_path / "truncated.pth.tar"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*download it again") as error:
+    with pytest.raises(CheckpointError) as error:
         load_model(CONFIG, path)
-    assert f"{len(data) // 2:,} bytes" in str(error.value)
+    message = str(error.value)
+    assert message == (
+        f"{path} ({len(data) // 2:,} bytes) is truncated or corrupt: it is a zip archive, as torch.save writes, but an "
+        "incomplete or damaged one (torch's reader says: PytorchStreamReader failed reading zip archive: failed finding "
+        "central directory); the file was probably cut short. Nothing from it was executed. Expected a .pth.tar saved "
+        "by torch.save (vox-adv-cpk.pth.tar is 228 MB, md5 8a45a24037871c045fbb8a6a8aa95ebc); download it again."
+    )
 
 
 NOISE = [random.Random(seed).randbytes(4096) for seed in range(8)]
@@ -80,8 +87,61 @@ NOISE = [random.Random(seed).randbytes(4096) for seed in range(8)]
 def test_garbage_file_is_reported_as_corrupt(tmp_path, content):
     path = tmp_path / "garbage.pth.tar"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as error:
         load_model(CONFIG, path)
+    message = str(error.value)
+    assert message.endswith("download it again.") and "Nothing from it was executed" in message
+    assert "weights_only" not in message
+
+
+@pytest.mark.parametrize(
+    "content, description",
+    [(b"", "the file is empty"),
+     (b"<!DOCTYPE html><html>Quota exceeded</html>", "it is a web page, not a checkpoint"),
+     (b"\x80\x02}q\x00", "it is a pickle, as old torch.save files are, but torch could not read it through"),
+     (random.Random(0).randbytes(4096).replace(b"\x80", b"\x00"), "it is neither a zip archive nor a pickle")],
+    ids=["empty", "web-page", "cut-pickle", "noise"],
+)
+def test_corrupt_file_is_described_in_our_own_words(tmp_path, content, description):
+    path = tmp_path / "bad.pth.tar"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"is truncated or corrupt: {re.escape(description)}"):
+        load_model(CONFIG, path)
+
+
+def write_changed(tmp_path, original, network: str, key: str, tensor: torch.Tensor) -> Path:
+    path = tmp_path / "changed.pth.tar"
+    torch.save({**original, network: {**original[network], key: tensor}}, path)
+    return path
+
+
+@pytest.mark.parametrize("value, counts", [(float("nan"), "1 NaN and 0 infinite"), (float("inf"), "0 NaN and 1 infinite")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, original, value, counts):
+    weight = original["generator"]["final.weight"].clone()
+    weight.view(-1)[7] = value
+    path = write_changed(tmp_path, original, "generator", "final.weight", weight)
+    with pytest.raises(CheckpointError, match=rf"generator of config 'config': tensor final.weight holds {counts} values "
+                                              rf"\(of {weight.numel():,}\)"):
+        load_model(CONFIG, path, weights_cache=False)
+
+
+def test_integer_weights_are_refused_naming_the_tensor(tmp_path, original):
+    weight = original["kp_detector"]["kp.weight"].round().to(torch.int64)
+    path = write_changed(tmp_path, original, "kp_detector", "kp.weight", weight)
+    with pytest.raises(CheckpointError, match=r"kp_detector of config 'config': tensor kp.weight holds torch.int64 values "
+                                              r"where the network expects floating point numbers"):
+        load_model(CONFIG, path)
+
+
+def test_integer_batchnorm_counters_and_half_precision_weights_load(tmp_path, original):
+    """num_batches_tracked is an integer in every checkpoint; a float16 copy of the weights is still floating point."""
+    assert original["generator"]["first.norm.num_batches_tracked"].dtype == torch.int64
+    half = {network: {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+            for network, state in original.items() if network in ("generator", "kp_detector")}
+    path = tmp_path / "half.pth.tar"
+    torch.save(half, path)
+    model = load_model(CONFIG, path, fuse_layers=False)
+    assert model.generator.final.weight.dtype == torch.float32
 
 
 def test_missing_file(tmp_path):

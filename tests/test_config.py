@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 import yaml
 
 from engine import ConfigError, ModelConfig, load_model
@@ -54,23 +57,83 @@ def write_config(tmp_path, mutate) -> str:
     return path
 
 
+def kp(**values):
+    return lambda d: d["model_params"]["kp_detector_params"].update(values)
+
+
+def common(**values):
+    return lambda d: d["model_params"]["common_params"].update(values)
+
+
+def generator(**values):
+    return lambda d: d["model_params"]["generator_params"].update(values)
+
+
+def dense(**values):
+    return lambda d: d["model_params"]["generator_params"]["dense_motion_params"].update(values)
+
+
+def dataset(value):
+    return lambda d: d.update(dataset_params=value)
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
         (lambda d: d.pop("model_params"), r"section model_params: expected a mapping, found nothing"),
-        (lambda d: d["model_params"]["kp_detector_params"].update(blocks=5), r"unknown keys \['blocks'\]"),
+        (kp(blocks=5), r"unknown keys \['blocks'\]"),
         (lambda d: d["model_params"]["generator_params"].pop("max_features"), r"missing keys \['max_features'\]"),
-        (lambda d: d["model_params"]["common_params"].update(num_kp="ten"), r"num_kp must be a non-negative integer"),
-        (lambda d: d["model_params"]["kp_detector_params"].update(temperature=0), r"temperature must be a positive"),
-        (lambda d: d["model_params"]["generator_params"]["dense_motion_params"].update(scale_factor=0.3),
-         r"scale_factor must be 1/n"),
-        (lambda d: d["dataset_params"].update(frame_shape=[256, 256]), r"frame_shape must be \[height, width, chan"),
+        (common(num_kp="ten"), r"kp_detector_params: num_kp: expected a whole number >= 1, found 'ten'"),
+        (common(num_kp=0), r"kp_detector_params: num_kp: expected a whole number >= 1, found 0"),
+        (common(num_kp=10.0), r"num_kp: expected a whole number >= 1, found 10.0"),
+        (common(num_channels=1), r"num_channels: expected 3, found 1"),
+        (common(estimate_jacobian="yes"), r"estimate_jacobian: expected true or false, found 'yes'"),
+        (kp(temperature=0), r"kp_detector_params: temperature: expected a finite number > 0, found 0.0"),
+        (kp(temperature=float("nan")), r"kp_detector_params: temperature: expected a finite number > 0, found nan"),
+        (kp(temperature=float("inf")), r"kp_detector_params: temperature: expected a finite number > 0, found inf"),
+        (kp(block_expansion=0), r"kp_detector_params: block_expansion: expected a whole number >= 1, found 0"),
+        (kp(pad=9), r"kp_detector_params: pad: expected a whole number from 0 to 3, found 9"),
+        (kp(scale_factor=1e-9), r"does not fit kp_detector_params: scale_factor 1e-09 and num_blocks 5 need a height "
+                                r"and width that are multiples of 32,000,000,000 \(the frame would shrink to nothing\)"),
+        (kp(scale_factor=2), r"kp_detector_params: scale_factor: expected a finite number from 0 \(excluded\) to 1, found 2.0"),
+        (generator(block_expansion=0), r"generator_params: block_expansion: expected a whole number >= 1, found 0"),
+        (generator(num_down_blocks=12), r"frame_shape 256x256 does not fit generator_params: num_down_blocks 12 need a "
+                                        r"height and width that are multiples of 4,096 \(the frame would shrink"),
+        (generator(num_bottleneck_blocks=-1), r"num_bottleneck_blocks: expected a whole number >= 0, found -1"),
+        (dense(scale_factor=0.3), r"dense_motion_params: scale_factor: expected 1/n"),
+        (dense(kp_variance=float("-inf")), r"dense_motion_params: kp_variance: expected a finite number > 0, found -inf"),
+        (dataset({"frame_shape": [256, 256]}), r"dataset_params.frame_shape: expected \[height, width, channels\]"),
+        (dataset({"frame_shape": [256, 256, 1]}), r"frame_shape: expected .*3 \(RGB\) channels, found \[256, 256, 1\]"),
+        (dataset({"frame_shape": [64, 64, 3]}), r"frame_shape 64x64 does not fit kp_detector_params: scale_factor 0.25 and "
+                                                r"num_blocks 5 need a height and width that are multiples of 128"),
+        (dataset({"frame_shape": [320, 256, 3]}), r"frame_shape 320x256 does not fit kp_detector_params"),
+        (dataset([256, 256, 3]), r"config 'broken': dataset_params: expected a mapping, found list"),
     ],
-    ids=["no-model-params", "unknown-key", "missing-key", "wrong-type", "non-positive", "bad-scale", "bad-shape"],
+    ids=["no-model-params", "unknown-key", "missing-key", "wrong-type", "num-kp-0", "num-kp-float", "grey",
+         "jacobian-not-bool", "temperature-0", "temperature-nan", "temperature-inf", "kp-block-expansion-0", "pad",
+         "scale-1e-9", "scale-2", "generator-block-expansion-0", "down-blocks-12", "bottleneck-negative", "bad-scale",
+         "variance-inf", "bad-shape", "grey-frame", "frame-too-small", "frame-not-divisible", "dataset-list"],
 )
 def test_invalid_config_is_a_clear_error(tmp_path, mutate, message):
     with pytest.raises(ConfigError, match=message):
         load_model(write_config(tmp_path, mutate), None)
+
+
+def test_config_built_in_code_is_checked_too():
+    config = ModelConfig.from_yaml(CONFIGS / "vox-adv-256.yaml")
+    with pytest.raises(ConfigError, match=r"kp_detector_params: temperature: expected a finite number > 0, found nan"):
+        dataclasses.replace(config.kp_detector, temperature=float("nan"))
+    with pytest.raises(ConfigError, match=r"config 'vox-adv-256': dataset_params.frame_shape 32x32 does not fit"):
+        dataclasses.replace(config, frame_size=(32, 32))
+
+
+def test_smallest_frame_the_architecture_allows_renders(tmp_path):
+    """128x128 is the smallest frame vox-adv-256's detector accepts (0.25 * 2**5 = 1/128): it loads and runs."""
+    model = load_model(write_config(tmp_path, dataset({"frame_shape": [128, 128, 3]})), None)
+    frame = torch.rand(1, 3, 128, 128)
+    keypoints = model.detect_keypoints(frame)
+    assert keypoints.value.shape == (1, 10, 2)
+    assert model.render(model.encode_source(frame), keypoints).shape == (1, 3, 128, 128)
 
 
 def test_missing_and_unparsable_config(tmp_path):
