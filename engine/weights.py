@@ -9,9 +9,12 @@ into place, so a half-written or unverified file is never at the destination
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
+import logging
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -32,6 +35,10 @@ DEFAULT_WEIGHTS_URLS = (
     "https://drive.usercontent.google.com/download?id=1coUCdyRXDbpWnEkA99NLNY60mb9dQ_n3&export=download&confirm=t",
 )
 CHUNK_BYTES = 1 << 20
+PROGRESS_BYTES = 64 << 10  # a transfer that receives less than this in stall_timeout_s seconds has stalled
+_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -79,7 +86,16 @@ def file_md5(path: Path) -> str:
 
 
 class DownloadError(CheckpointError):
-    """Every mirror failed; the message lists why each did."""
+    """The weights could not be downloaded or saved; the message says why (for every mirror tried)."""
+
+
+def check_md5(md5: str | None) -> str | None:
+    """``md5`` in lower case, or None (no verification); raises :class:`DownloadError` unless it is 32 hex digits."""
+    if md5 is None:
+        return None
+    if not isinstance(md5, str) or not _MD5.fullmatch(md5.strip()):
+        raise DownloadError(f"expected the md5 of the weights as 32 hexadecimal digits, found {md5!r}")
+    return md5.strip().lower()
 
 
 @dataclass
@@ -94,54 +110,77 @@ def download_weights(
     md5: str | None = DEFAULT_CHECKPOINT_MD5,
     *,
     retries_per_url: int = 3,
-    timeout_s: float = 30.0,
+    stall_timeout_s: float = 30.0,
     backoff_s: float = 1.0,
     progress: bool = True,
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> Path:
     """Fetch the checkpoint to ``destination``; returns it.
 
-    Each URL is tried in turn; within one, a cut connection is resumed from
-    where it stopped (up to ``retries_per_url`` attempts, with growing pauses).
-    The finished file must match ``md5`` (skipped when None); a mismatch
-    discards it and moves on to the next URL.  On success the verified file is
-    renamed onto ``destination``; on failure nothing is there and
-    :class:`DownloadError` lists what each URL did.  The partial file
-    ``<destination>.part`` is kept after network failures so that the next run
-    resumes it.
+    Each URL is tried in turn; within one, a transfer that breaks off is
+    resumed from where it stopped (up to ``retries_per_url`` attempts, with
+    growing pauses).  A transfer stalls when less than 64 KiB arrived in the
+    last ``stall_timeout_s`` seconds (a server trickling a byte now and then
+    stalls too); the bytes received are kept.  The finished file must match
+    ``md5`` (None: not verified; anything but 32 hex digits is refused); a
+    mismatch discards it and moves on to the next URL.  A body whose length
+    the server did not announce and whose md5 does not match is taken for a
+    cut transfer and resumed first.  On success the verified file is renamed
+    onto ``destination``.
+
+    Raises :class:`DownloadError`: at once, before any transfer, for a bad md5
+    or a destination that cannot be written (a directory, read-only, under a
+    regular file); at once, removing the partial file, when writing fails
+    (disk full: not a network problem, so not retried); after every URL has
+    failed, listing why each did.  Then nothing is at ``destination``, and
+    the partial file ``<destination>.part`` is kept only after network
+    failures, so that the next run resumes it.
     """
+    md5 = check_md5(md5)
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".part")
+    partial = _writable_partial(destination)
     failures: list[_Attempt] = []
     for url in urls:
         for attempt in range(1, retries_per_url + 1):
             try:
-                _fetch(url, partial, timeout_s, progress)
+                announced = _fetch(url, partial, stall_timeout_s, progress)
+                if md5 and not announced and file_md5(partial) != md5:
+                    raise _Retryable(f"the server closed the connection after {partial.stat().st_size:,} bytes without "
+                                     "having said how many to expect: a short read, the transfer was cut")
             except _Retryable as error:
-                reason = f"attempt {attempt}: {error}"
-                log(f"download from {url} interrupted ({error}); {'retrying' if attempt < retries_per_url else 'giving up'}")
-                if attempt < retries_per_url:
+                more = attempt < retries_per_url
+                log.warning("download from %s interrupted (%s); %s", url, error, "resuming" if more else "giving up")
+                if more:
                     time.sleep(backoff_s * attempt)
                     continue
-                failures.append(_Attempt(url, reason))
+                failures.append(_Attempt(url, f"attempt {attempt}: {error}"))
                 break
             except _Fatal as error:
-                log(f"download from {url} failed: {error}")
+                log.warning("download from %s failed: %s", url, error)
                 failures.append(_Attempt(url, str(error)))
                 break
+            except _WriteFailed as error:
+                partial.unlink(missing_ok=True)
+                raise DownloadError(f"could not save the weights: {error}. This is not a network problem, so it was "
+                                    f"not retried; the partial file {partial} was removed. Free some space "
+                                    f"({DEFAULT_CHECKPOINT_NAME} is 228 MB) or choose another destination, "
+                                    "then try again.") from None
             found = file_md5(partial) if md5 else None
-            if md5 and found != md5.lower():
+            if md5 and found != md5:
                 partial.unlink()
-                log(f"download from {url} has md5 {found}, expected {md5}: discarded")
+                log.warning("download from %s has md5 %s, expected %s: discarded", url, found, md5)
                 failures.append(_Attempt(url, f"wrong checksum: md5 {found}, expected {md5}"))
                 break
             _place(partial, destination)
-            log(f"saved {destination} ({destination.stat().st_size:,} bytes{', md5 verified' if md5 else ''})")
+            log.info("saved %s (%s bytes%s)", destination, f"{destination.stat().st_size:,}", ", md5 verified" if md5 else "")
             return destination
     reasons = "; ".join(f"{f.url}: {f.reason}" for f in failures)
+    kept = partial.stat().st_size if partial.is_file() else 0
+    if not kept:
+        partial.unlink(missing_ok=True)
+    resume = (f" The {kept:,} bytes received are kept in {partial}: running the download again resumes from there."
+              if kept else "")
     raise DownloadError(f"could not download {destination.name} from any mirror ({reasons}). Nothing was saved at "
-                        f"{destination}. Try again later, or pass --weights-url with another mirror.")
+                        f"{destination}.{resume} Try again later, or pass --weights-url with another mirror.")
 
 
 class _Retryable(Exception):
@@ -152,17 +191,44 @@ class _Fatal(Exception):
     """This URL will not serve the file: go to the next one."""
 
 
-def _fetch(url: str, partial: Path, timeout_s: float, progress: bool) -> None:
-    """Download ``url`` into ``partial``, resuming what is already there."""
+class _WriteFailed(Exception):
+    """The downloaded bytes could not be written here (disk full, file too large, I/O error)."""
+
+
+def _writable_partial(destination: Path) -> Path:
+    """The partial file ``<destination>.part``, checked writable before any transfer; raises DownloadError."""
+    if destination.is_dir():
+        raise DownloadError(f"cannot save the weights to {destination}: it is a directory. Expected the path of a file, "
+                            f"e.g. {destination / DEFAULT_CHECKPOINT_NAME}")
+    blocking_file = next((parent for parent in destination.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking_file is not None:
+        raise DownloadError(f"cannot save the weights to {destination}: {blocking_file} is a file, not a directory")
+    partial = destination.with_name(destination.name + ".part")
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "ab"):
+            pass
+    except OSError as error:
+        raise DownloadError(f"cannot save the weights to {destination}: {error.strerror or error} "
+                            f"({error.filename or partial}). Choose a destination you can write to.") from None
+    return partial
+
+
+def _fetch(url: str, partial: Path, stall_timeout_s: float, progress: bool) -> bool:
+    """Download ``url`` into ``partial``, resuming what is already there.
+
+    Returns whether the server announced the body's length (a body that
+    ended early despite its announced length raises :class:`_Retryable`).
+    """
     have = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "fomm-live"})
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
+        response = urllib.request.urlopen(request, timeout=stall_timeout_s)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and have:  # we already have every byte; the checksum decides
-            return
+        if error.code == 416 and have:  # we already have every byte the server has; the checksum decides
+            return True
         if error.code >= 500 or error.code == 429:
             raise _Retryable(f"HTTP {error.code} {error.reason}") from None
         raise _Fatal(f"HTTP {error.code} {error.reason}") from None
@@ -178,29 +244,66 @@ def _fetch(url: str, partial: Path, timeout_s: float, progress: bool) -> None:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(partial, "ab" if resuming else "wb") as out, tqdm(
+        try:
+            out = open(partial, "ab" if resuming else "wb", buffering=0)  # unbuffered: a full disk fails the write itself
+        except OSError as error:
+            raise _WriteFailed(f"cannot open {partial}: {error.strerror or error}") from None
+        with out, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
             desc=partial.name.removesuffix(".part"), disable=not progress, file=sys.stderr,
         ) as bar:
-            received = have
-            try:
-                for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as error:
-                raise _Retryable(f"connection lost after {received:,} bytes: {error}") from None
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and received < total:
-            raise _Retryable(f"connection closed after {received:,} of {total:,} bytes")
+            received = _copy(response, out, have, stall_timeout_s, bar.update)
+    if total is not None and received < total:
+        raise _Retryable(f"connection closed after {received:,} of {total:,} bytes")
+    return total is not None
+
+
+def _copy(response, out, received: int, stall_timeout_s: float, advanced: Callable[[int], object]) -> int:
+    """Copy the body into ``out`` as it arrives; returns the partial file's size in bytes.
+
+    Every byte received is written at once (so a stall keeps it).  Raises
+    :class:`_Retryable` when the connection breaks or less than
+    ``PROGRESS_BYTES`` arrived in ``stall_timeout_s`` seconds, and
+    :class:`_WriteFailed` when a write fails.
+    """
+    mark_bytes, mark_time = received, time.monotonic()
+    while True:
+        try:
+            chunk = response.read1(CHUNK_BYTES)
+        except (OSError, http.client.HTTPException) as error:  # socket timeout included: no byte at all for a while
+            raise _Retryable(f"connection lost after {received:,} bytes: {error or type(error).__name__}") from None
+        if not chunk:
+            return received
+        _write_all(out, chunk)
+        received += len(chunk)
+        advanced(len(chunk))
+        now = time.monotonic()
+        if received - mark_bytes >= PROGRESS_BYTES:
+            mark_bytes, mark_time = received, now
+        elif now - mark_time > stall_timeout_s:
+            raise _Retryable(f"stalled: {received - mark_bytes:,} bytes in the last {now - mark_time:.0f} s "
+                             f"(less than {PROGRESS_BYTES // 1024} KiB), after {received:,} bytes in all")
+
+
+def _write_all(out, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[out.write(view):]
+    except OSError as error:
+        name = errno.errorcode.get(error.errno, "")
+        raise _WriteFailed(f"writing {out.name} failed: {error.strerror or error}{f' ({name})' if name else ''}") from None
 
 
 def _place(partial: Path, destination: Path) -> None:
     """Atomically move the verified file into place (same directory, so os.replace is a rename)."""
-    os.replace(partial, destination)
-    directory = os.open(destination.parent, os.O_RDONLY)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        os.replace(partial, destination)
+        directory = os.open(destination.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as error:
+        raise DownloadError(f"the weights were downloaded and verified but could not be moved to {destination}: "
+                            f"{error.strerror or error}; they are in {partial}") from None
