@@ -45,7 +45,7 @@ def eager_frames(small_inputs):
 
 @pytest.mark.parametrize("name, precision, message", [
     ("warp-drive", None, r"unknown backend 'warp-drive'; expected 'auto' or one of \['compile', 'eager', 'onnxruntime', "
-                         r"'tensorrt'\]"),
+                         r"'openvino', 'openvino-gpu', 'tensorrt'\]"),
     ("eager", "float16", r"backend 'eager' on cpu offers \['float32'\], not 'float16'"),
     ("eager", "float8", r"unknown precision 'float8'"),
     ("tensorrt", None, r"backend 'tensorrt' does not run on cpu"),

@@ -4,6 +4,8 @@
     compile      torch.compile (Inductor); CUDA graphs on CUDA
     onnxruntime  ONNX (opset 17) run by ONNX Runtime: TensorRT, CUDA or CPU provider
     tensorrt     torch-tensorrt (dynamo path), float16, static shapes; CUDA only
+    openvino     OpenVINO on the CPU: float32, bfloat16 (where the CPU has it), int8 (quality-gated)
+    openvino-gpu OpenVINO on an Intel GPU (tensors stay on the host: --device cpu)
 
 ``auto`` tries them fastest first and falls back, saying why, when one cannot
 run (see AUTO_ORDER).  Backend modules are imported only when chosen, so a missing optional
@@ -27,6 +29,8 @@ BACKENDS = {  # name -> (module, class)
     "compile": ("compiled", "CompileBackend"),
     "onnxruntime": ("onnxruntime", "OnnxRuntimeBackend"),
     "tensorrt": ("tensorrt", "TensorRTBackend"),
+    "openvino": ("openvino", "OpenVinoBackend"),
+    "openvino-gpu": ("openvino", "OpenVinoGpuBackend"),
 }
 AUTO_ORDER = {  # fastest first (benchmarks/RESULTS.md)
     "cuda": ("tensorrt", "compile", "onnxruntime", "eager"),

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from ..model import FirstOrderModel
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Every precision a backend may offer: the torch dtypes, and int8 (quantized graphs, which have no torch dtype).
+PRECISIONS = (*DTYPES, "int8")
 
 
 class BackendUnavailable(EngineError):
@@ -40,7 +42,7 @@ class Backend(ABC):
     def __init__(self, model: "FirstOrderModel", precision: str):
         self.model = model
         self.precision = precision
-        self.dtype = DTYPES[precision]
+        self.dtype = DTYPES.get(precision)  # None for int8
         self._source: SourceState | None = None
         self._prepared: object = None
 
@@ -52,8 +54,8 @@ class Backend(ABC):
             raise BackendUnavailable(f"backend {cls.name!r} does not run on {device.type}")
         if precision is None:
             return offered[0]
-        if precision not in DTYPES:
-            raise BackendUnavailable(f"unknown precision {precision!r}; expected one of {sorted(DTYPES)}")
+        if precision not in PRECISIONS:
+            raise BackendUnavailable(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
         if precision not in offered:
             raise BackendUnavailable(f"backend {cls.name!r} on {device.type} offers {list(offered)}, not {precision!r}")
         return precision

@@ -1,0 +1,260 @@
+"""OpenVINO: the per-frame graphs compiled for the CPU (or an Intel GPU) in float32, bfloat16 or int8.
+
+The graphs are the ones the other backends run: the keypoint detector and the
+render step (:class:`engine.export.FlatRender`), taken through
+``torch.export`` and OpenVINO's converter (measured faster to run than the
+same graphs read from our ONNX files, see benchmarks/RESULTS.md).  Compiled
+models are exported to the artifact cache (see :mod:`engine.backends.artifacts`)
+under a key of the weights, the engine's code, the config, the precision, the
+device and the OpenVINO version; a cached model that fails to load is rebuilt.
+
+Precisions on the CPU:
+
+- ``float32``: OpenVINO's own default on a CPU with bfloat16 hardware is
+  bfloat16, so the f32 inference precision is set explicitly (and read back).
+- ``bfloat16``: only where OpenVINO reports the CPU runs it natively (its
+  ``OPTIMIZATION_CAPABILITIES`` list "BF16": avx512_bf16 or AMX); emulated it
+  would be slower than float32, so it is refused elsewhere.
+- ``int8``: the render graph quantized by NNCF post-training quantization,
+  calibrated on real faces, with a quality gate (:mod:`.openvino_int8`); the
+  keypoint detector stays float32 (quantized, it moved keypoints by 0.42 on
+  the test fixture).
+
+``openvino-gpu`` runs the same graphs on an Intel GPU that OpenVINO lists
+(``GPU`` in its available devices); tensors stay on the host (``--device cpu``).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..export import FlatKeypoints, FlatRender, flatten_source
+from ..generator import SourceState
+from ..motion import Keypoints
+from .artifacts import artifact_key, artifact_path, library_version, load_artifact
+from .base import Backend, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install -e ".[openvino]"'
+INFERENCE_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "f32"}
+NATIVE_CAPABILITY = {"bfloat16": "BF16", "float16": "FP16"}  # precision -> OPTIMIZATION_CAPABILITIES entry
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_core():
+    """The process's OpenVINO Core (creating one scans the devices: done once)."""
+    import openvino
+
+    return openvino.Core()
+
+
+def native_precision_reason(capabilities: list[str], device: str, precision: str) -> str | None:
+    """Why ``precision`` cannot run natively on an OpenVINO ``device`` with ``capabilities``, or None if it can."""
+    wanted = NATIVE_CAPABILITY.get(precision)
+    if wanted is None or wanted in capabilities:
+        return None
+    return (f"{precision} is not native on this {device} (OpenVINO lists {capabilities}, no {wanted}; on a CPU it "
+            "needs avx512_bf16 or AMX): emulated it runs slower than float32, use --precision float32")
+
+
+def runtime_precisions(compiled) -> set[str]:
+    """The element types the compiled model's operations really execute in, e.g. {"f32", "i32"} (OpenVINO's
+    runtime model records each operation's ``runtimePrecision``)."""
+    return {str(op.get_rt_info()["runtimePrecision"].astype(str)) for op in compiled.get_runtime_model().get_ops()
+            if "runtimePrecision" in op.get_rt_info()}
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    precisions = {"cpu": ("float32", "bfloat16", "int8")}
+    openvino_device = "CPU"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return f"openvino is not installed: {INSTALL_HINT}"
+        return super().unavailable_reason(device)
+
+    @classmethod
+    def precision_reason(cls, precision: str) -> str | None:
+        """Why ``precision`` cannot run natively here (quick: reads OpenVINO's device properties), or None."""
+        capabilities = list(openvino_core().get_property(cls.openvino_device, "OPTIMIZATION_CAPABILITIES"))
+        return native_precision_reason(capabilities, cls.openvino_device, precision)
+
+    def __init__(self, model, precision: str, quality_gate=None):
+        """quality_gate: the :class:`.openvino_int8.QualityGate` an int8 model must pass (default: DEFAULT_GATE)."""
+        super().__init__(model, precision)
+        reason = self.unavailable_reason(model.device) or self.precision_reason(precision)
+        if reason:
+            raise BackendUnavailable(reason)
+        import openvino
+
+        self.openvino = openvino
+        self.core = openvino_core()
+        self.versions = dict(openvino=openvino.__version__, openvino_device=self.device_description())
+        self._example = None
+        # int8 quantizes the render graph only: the keypoint detector runs in float32.
+        detector_precision = "float32" if precision == "int8" else precision
+        self.keypoints_model = self.compiled("keypoints", detector_precision, self.convert_keypoints)
+        if precision == "int8":
+            from .openvino_int8 import DEFAULT_GATE, build_int8_render
+
+            self.render_model, self.quality = build_int8_render(self, quality_gate or DEFAULT_GATE)
+        else:
+            self.render_model, self.quality = self.compiled("render", precision, self.convert_render), None
+        self.keypoints_request = self.keypoints_model.create_infer_request()
+        self.render_request = self.render_model.create_infer_request()
+        self.description = f"OpenVINO {openvino.__version__} on {self.versions['openvino_device']}"
+
+    def device_description(self) -> str:
+        """The OpenVINO device's full name and capabilities (a compiled model is only reused on the same kind)."""
+        name = self.core.get_property(self.openvino_device, "FULL_DEVICE_NAME")
+        capabilities = self.core.get_property(self.openvino_device, "OPTIMIZATION_CAPABILITIES")
+        return f"{self.openvino_device}: {name} [{' '.join(capabilities)}]"
+
+    def compile_config(self, precision: str) -> dict[str, object]:
+        """OpenVINO's settings for ``precision``: the inference precision always explicit, latency over
+        throughput (one frame at a time), as many threads as PyTorch uses."""
+        config = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self.openvino_device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
+        return config
+
+    def artifact(self, part: str, precision: str) -> Path:
+        """Where the compiled ``part`` graph in ``precision`` is cached."""
+        extra = {"nncf": library_version("nncf")} if precision == "int8" else {}
+        key = artifact_key(self.model, precision, **self.versions, **extra)
+        return artifact_path(f"openvino-{part}", ".blob", key, part=part)
+
+    def compiled(self, part: str, precision: str, convert: Callable[[], object]):
+        """The compiled ``part`` graph in ``precision``: imported from the cache when it holds a trusted copy,
+        else converted (``convert()`` -> an OpenVINO model), compiled and exported there first."""
+        return load_artifact(self.artifact(part, precision), lambda path: self.compile_to(convert(), path, precision, part),
+                             f"OpenVINO: building the {part} graph in {precision}",
+                             lambda path: self.import_compiled(path, precision))
+
+    def compile_to(self, graph, path: Path, precision: str, part: str) -> None:
+        """Compile an OpenVINO model in ``precision``, check it runs in it, and export it to ``path``."""
+        try:
+            compiled = self.core.compile_model(graph, self.openvino_device, self.compile_config(precision))
+        except Exception as error:
+            raise BackendUnavailable(f"OpenVINO could not compile the {part} graph: {type(error).__name__}: "
+                                     f"{error}") from error
+        self.check_precision(compiled, precision)
+        buffer = io.BytesIO()
+        compiled.export_model(buffer)
+        path.write_bytes(buffer.getbuffer())
+
+    def import_compiled(self, path: Path, precision: str):
+        compiled = self.core.import_model(path.read_bytes(), self.openvino_device, self.compile_config(precision))
+        self.check_precision(compiled, precision)
+        return compiled
+
+    def check_precision(self, compiled, precision: str) -> None:
+        """Raise when the compiled model does not run in ``precision`` (e.g. a float32 model silently in bf16)."""
+        wanted = INFERENCE_PRECISIONS[precision]
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        used = runtime_precisions(compiled) if self.openvino_device == "CPU" else set()
+        lower = {"f32": {"bf16", "f16"}, "bf16": {"f16"}, "f16": set()}[wanted]
+        if hint != wanted or used & lower:
+            raise BackendUnavailable(f"OpenVINO compiled a {precision} model that runs in {hint} "
+                                     f"(operations in {sorted(used)})")
+
+    def example_inputs(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """A random frame and the render inputs made from it (float32, eager): what the graphs are traced with."""
+        if self._example is None:
+            height, width = self.model.frame_size
+            frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():  # not inference_mode: torch.export bakes inference tensors in as constants
+                keypoints = self.model.kp_detector(frame)
+                source = self.model.generator.encode_source(frame, keypoints)
+            # Copies: the source keypoints are the driving ones here, and torch.export merges an input passed twice
+            # into one (the graph would then ignore the driving keypoints).
+            self._example = frame, tuple(t.clone().contiguous() for t in (*flatten_source(source), *keypoints))
+        return self._example
+
+    def convert_keypoints(self):
+        frame, _ = self.example_inputs()
+        return self._convert(FlatKeypoints(self.model.kp_detector), (frame,), "keypoints")
+
+    def convert_render(self):
+        _, inputs = self.example_inputs()
+        return self._convert(FlatRender(self.model.render_step), inputs, "render")
+
+    def _convert(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], part: str):
+        """torch.export of ``module`` (static shapes) -> an OpenVINO model."""
+        try:
+            with torch.no_grad():
+                program = torch.export.export(module.eval(), inputs)
+            return self.openvino.convert_model(program)
+        except Exception as error:
+            raise BackendUnavailable(f"OpenVINO conversion of the {part} graph failed: {type(error).__name__}: "
+                                     f"{error}") from error
+
+    def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
+        value, jacobian = self.infer(self.keypoints_request, [frames])
+        return Keypoints(value, jacobian)
+
+    def render_prepared(self, source: list[np.ndarray], driving: Keypoints) -> torch.Tensor:
+        (frame,) = self.infer(self.render_request, [*source, driving.value, driving.jacobian])
+        return frame
+
+    def prepare_source(self, source: SourceState) -> list[np.ndarray]:
+        """The source as the render graph's first inputs (float32, contiguous, host), made once per avatar."""
+        return [as_input(tensor) for tensor in flatten_source(source)]
+
+    def infer(self, request, inputs: list) -> list[torch.Tensor]:
+        """Run a request on host arrays (tensors are viewed, not copied); float32 torch tensors out, on the
+        model's device."""
+        request.infer([as_input(value) for value in inputs], share_inputs=True)
+        return [torch.from_numpy(np.array(output.data, dtype=np.float32, copy=True)).to(self.model.device)
+                for output in request.output_tensors]
+
+    def measure_ms(self, frames: int = 3) -> float:
+        """Median milliseconds of keypoints + render per frame here, on the example inputs, after one warm-up."""
+        frame, inputs = self.example_inputs()
+        times = []
+        for _ in range(frames + 1):
+            begin = time.perf_counter()
+            self.infer(self.keypoints_request, [frame])
+            self.infer(self.render_request, list(inputs))
+            times.append((time.perf_counter() - begin) * 1e3)
+        return float(np.median(times[1:]))
+
+
+def as_input(value) -> np.ndarray:
+    """A float32 C-contiguous host array (a view of a CPU torch tensor where possible)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+class OpenVinoGpuBackend(OpenVinoBackend):
+    """The same graphs on an Intel GPU (``--backend openvino-gpu``; the model's tensors stay on the host)."""
+
+    name = "openvino-gpu"
+    precisions = {"cpu": ("float16", "float32")}
+    openvino_device = "GPU"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        reason = super().unavailable_reason(device)
+        if reason:
+            return reason
+        available = list(openvino_core().available_devices)
+        if not any(name.split(".")[0] == "GPU" for name in available):
+            return (f"OpenVINO finds no Intel GPU here (its devices: {available}); on Linux the GPU needs Intel's "
+                    "compute runtime (intel-opencl-icd) and the user in the 'render' group")
+        return None
+

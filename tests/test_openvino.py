@@ -1,0 +1,171 @@
+"""The OpenVINO backend: float32 parity, the precision really in force, bfloat16 only where native, the int8
+quality gate, and the compiled-model cache.  Skipped where OpenVINO is not installed (pip install -e ".[openvino]")."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install -e ".[openvino]"')
+
+from engine import load_model  # noqa: E402
+from engine.backends import BackendUnavailable  # noqa: E402
+from engine.backends import openvino as backend_module  # noqa: E402
+from engine.backends.openvino import OpenVinoBackend, openvino_core, runtime_precisions  # noqa: E402
+from engine.backends.openvino_int8 import QualityGate  # noqa: E402
+
+from .test_backends import CHECKPOINT, CONFIG, HALF_PRECISION_BOUNDS, TOLERANCE, frames_of  # noqa: E402
+
+BF16_NATIVE = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory):
+    """One cache for the tests that only read models: each is built once."""
+    return tmp_path_factory.mktemp("openvino-home")
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def in_shared_home(shared_home, monkeypatch):
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(shared_home))
+    return shared_home
+
+
+@pytest.fixture(scope="module")
+def eager_frames(small_inputs):
+    return frames_of(load_model(CONFIG, CHECKPOINT), small_inputs)
+
+
+def test_float32_matches_eager_and_really_runs_in_float32(in_shared_home, small_inputs, eager_frames):
+    model = load_model(CONFIG, CHECKPOINT, backend="openvino", precision="float32")
+    assert float(np.abs(frames_of(model, small_inputs) - eager_frames).max()) <= TOLERANCE
+    for compiled in (model.backend.keypoints_model, model.backend.render_model):
+        # On a CPU with bfloat16 hardware OpenVINO's default is bf16: the hint must have been set, and obeyed.
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+        assert "f32" in runtime_precisions(compiled) and not {"bf16", "f16"} & runtime_precisions(compiled)
+
+
+@pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no native bfloat16 (OpenVINO lists no BF16)")
+def test_a_model_running_in_bfloat16_is_refused_as_float32(in_shared_home):
+    """The check that guards float32 reads what the compiled model executes, not only what was asked."""
+    model = load_model(CONFIG, CHECKPOINT, backend="openvino", precision="bfloat16")
+    assert "bf16" in runtime_precisions(model.backend.render_model)
+    with pytest.raises(BackendUnavailable, match=r"OpenVINO compiled a float32 model that runs in bf16 \(operations in"):
+        model.backend.check_precision(model.backend.render_model, "float32")
+
+
+@pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no native bfloat16 (OpenVINO lists no BF16)")
+def test_bfloat16_stays_within_the_half_precision_bounds(in_shared_home, small_inputs, eager_frames):
+    model = load_model(CONFIG, CHECKPOINT, backend="openvino", precision="bfloat16")
+    error = float(np.abs(frames_of(model, small_inputs) - eager_frames).max())
+    assert 0 < error <= HALF_PRECISION_BOUNDS["bfloat16"][1]
+
+
+class CoreWithout:
+    """OpenVINO's Core, except that the CPU's OPTIMIZATION_CAPABILITIES lack ``missing``."""
+
+    def __init__(self, core, missing: str):
+        self.core, self.missing = core, missing
+
+    def get_property(self, device, name):
+        value = self.core.get_property(device, name)
+        return [c for c in value if c != self.missing] if name == "OPTIMIZATION_CAPABILITIES" else value
+
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+
+
+def test_bfloat16_is_refused_where_the_cpu_lacks_it_before_anything_is_built(home, monkeypatch):
+    monkeypatch.setattr(backend_module, "openvino_core", lambda: CoreWithout(openvino_core(), "BF16"))
+    with pytest.raises(BackendUnavailable, match=r"bfloat16 is not native on this CPU \(OpenVINO lists \[.*\], no BF16; "
+                                                  r"on a CPU it needs avx512_bf16 or AMX\)"):
+        load_model(CONFIG, CHECKPOINT, backend="openvino", precision="bfloat16")
+    assert not (home / "compiled").exists()
+    load_model(CONFIG, CHECKPOINT, backend="openvino", precision="float32")  # float32 needs no capability
+
+
+def test_compiled_models_are_reused_and_rebuilt_when_corrupt(home, small_inputs, monkeypatch):
+    first = frames_of(load_model(CONFIG, CHECKPOINT, backend="openvino"), small_inputs)
+    blobs = sorted((home / "compiled").glob("openvino-*.blob"))
+    assert [blob.name.split("-")[1] for blob in blobs] == ["keypoints", "render"]
+
+    def no_build(self):
+        raise AssertionError("converted again although the cache holds the compiled models")
+
+    monkeypatch.setattr(OpenVinoBackend, "convert_keypoints", no_build)
+    monkeypatch.setattr(OpenVinoBackend, "convert_render", no_build)
+    np.testing.assert_array_equal(frames_of(load_model(CONFIG, CHECKPOINT, backend="openvino"), small_inputs), first)
+    render = blobs[1]
+    render.write_bytes(render.read_bytes()[: render.stat().st_size // 2])  # truncated
+    with pytest.raises(AssertionError, match="converted again although the cache holds"):
+        load_model(CONFIG, CHECKPOINT, backend="openvino")  # the corrupt one is not loaded: it is rebuilt
+    monkeypatch.undo()
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(home))
+    np.testing.assert_array_equal(frames_of(load_model(CONFIG, CHECKPOINT, backend="openvino"), small_inputs), first)
+    assert render.stat().st_size > 1000
+
+
+def test_int8_is_gated_on_held_out_faces_and_its_figures_stored(home, small_inputs, eager_frames, monkeypatch):
+    model = load_model(CONFIG, CHECKPOINT, backend="openvino", precision="int8")
+    (report_path,) = (home / "compiled").glob("openvino-render-*.blob.quality.json")
+    report = json.loads(report_path.read_text())
+    assert report["held_out_frames"] == 8 and report["gate"] == {"min_psnr_db": 30.0, "max_keypoint_error": 1e-3}
+    assert 30.0 <= report["worst_psnr_db"] <= report["mean_psnr_db"] < 100
+    assert report["max_keypoint_error"] < 1e-4  # the keypoint detector stays float32
+    assert model.backend.quality["worst_psnr_db"] == report["worst_psnr_db"]
+    frames = frames_of(model, small_inputs)
+    assert np.isfinite(frames).all() and 0 < float(np.abs(frames - eager_frames).max()) < 0.2
+
+    import nncf
+
+    def no_quantize(*args, **kwargs):
+        raise AssertionError("quantized again although the cache holds the int8 model")
+
+    monkeypatch.setattr(nncf, "quantize", no_quantize)
+    load_model(CONFIG, CHECKPOINT, backend="openvino", precision="int8")  # reused, with its stored figures
+
+    strict = QualityGate(min_psnr_db=report["worst_psnr_db"] + 1)
+    with pytest.raises(BackendUnavailable, match=rf"the int8 model fails the quality gate against float32 on held-out "
+                                                 rf"face frames: worst-frame PSNR {report['worst_psnr_db']:.1f} dB < "):
+        OpenVinoBackend(model, "int8", quality_gate=strict)
+
+
+def test_int8_failing_the_gate_when_built_is_refused_and_not_kept(home, monkeypatch):
+    model = load_model(CONFIG, CHECKPOINT)
+    with pytest.raises(BackendUnavailable, match=r"keypoint error .* > 0 \(figures in .*quality.json\); use "
+                                                 r"--precision bfloat16 or float32"):
+        OpenVinoBackend(model, "int8", quality_gate=QualityGate(max_keypoint_error=0.0))
+    assert not list((home / "compiled").glob("openvino-render-*.blob"))  # only the float32 keypoint detector kept
+    (report_path,) = (home / "compiled").glob("openvino-render-*.quality.json")
+    assert json.loads(report_path.read_text())["max_keypoint_error"] > 0
+
+    import nncf
+
+    monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("a failed model is quantized again"))
+    with pytest.raises(BackendUnavailable, match="fails the quality gate"):  # refused at once from its figures
+        OpenVinoBackend(model, "int8", quality_gate=QualityGate(max_keypoint_error=0.0))
+
+
+def test_intel_gpu_is_refused_with_the_reason_where_openvino_finds_none():
+    if any(name.startswith("GPU") for name in openvino_core().available_devices):
+        pytest.skip("OpenVINO finds an Intel GPU here")
+    with pytest.raises(BackendUnavailable, match=r"OpenVINO finds no Intel GPU here \(its devices: \['CPU'"):
+        load_model(CONFIG, CHECKPOINT, backend="openvino-gpu")
+
+
+def test_missing_openvino_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert OpenVinoBackend.unavailable_reason(torch.device("cpu")) == (
+        'openvino is not installed: pip install -e ".[openvino]"')
+    with pytest.raises(BackendUnavailable, match=r"backend 'openvino' does not run on cuda"):
+        OpenVinoBackend.check(torch.device("cuda"), None)
