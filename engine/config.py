@@ -16,6 +16,7 @@ downsampling divides the frame and leaves maps to work on.  A bad value is a
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,11 +150,17 @@ class ModelConfig:
         _check_fits_frame(self)
 
     @classmethod
+    def load(cls, config: str | Path) -> "ModelConfig":
+        """The config of a released model by name (``"vox-adv-256"``, shipped with the package), or read from a path."""
+        return cls.from_yaml(config_path(config))
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> "ModelConfig":
         """Read an original-format YAML config; raises :class:`ConfigError`."""
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (expected a FOMM YAML config, e.g. configs/vox-adv-256.yaml)")
+            raise ConfigError(f"config file not found: {path} (expected a FOMM YAML config, e.g. configs/vox-adv-256.yaml, "
+                              f"or the name of a released model: {', '.join(released_models())})")
         try:
             document = yaml.safe_load(path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as error:
@@ -182,6 +189,44 @@ class ModelConfig:
         generator = _build(GeneratorConfig, {**gen_params, **generator_fields, "dense_motion": dense_motion}, where,
                            "generator_params")
         return cls(name=name, frame_size=_frame_size(document, where), kp_detector=kp_detector, generator=generator)
+
+
+def released_configs_dir() -> Path:
+    """Where the released models' configs are: the package ``engine.configs``.
+
+    ``engine.configs`` is the repository's top-level ``configs/`` folder,
+    shipped inside the package (``[tool.setuptools.package-dir]`` in
+    pyproject.toml), so an installed wheel has them.  A source checkout used
+    without installing it, or an editable install made before that mapping,
+    has no such package: there the folder is found beside ``engine/``.
+    """
+    spec = importlib.util.find_spec("engine.configs")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if any(Path(location).glob("*.yaml")):
+            return Path(location)
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def released_models() -> list[str]:
+    """Names of the released models whose configs ship with the package, e.g. ``vox-adv-256``."""
+    return sorted(path.stem for path in released_configs_dir().glob("*.yaml"))
+
+
+def config_path(config: str | Path) -> Path:
+    """The YAML file of ``config``: an existing path as it is, else the shipped config of the model of that name.
+
+    A bare name (no directory, no suffix) that is neither a file nor a released
+    model raises :class:`ConfigError` listing the released models; any other
+    path is returned as it is (reading it reports it missing).
+    """
+    path = Path(config)
+    if path.is_file() or isinstance(config, Path) or path.name != str(config) or path.suffix:
+        return path
+    shipped = released_configs_dir() / f"{config}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"unknown model {config!r}: expected the name of a released model "
+                      f"({', '.join(released_models())}) or the path of a FOMM YAML config")
 
 
 def _frame_size(document: Mapping[str, Any], where: str) -> tuple[int, int]:

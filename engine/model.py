@@ -10,11 +10,11 @@ from torch import nn
 from .backends import Backend, select_backend
 from .checkpoint import load_weights_strictly, read_checkpoint
 from .errors import CheckpointError
-from .config import ModelConfig
+from .config import ModelConfig, released_models
 from .generator import Generator, SourceState
 from .keypoint_detector import KeypointDetector
 from .motion import Keypoints
-from .weights import cache_root
+from .weights import cache_root, find_checkpoint
 from .weights_cache import StateDicts, WeightsCache
 
 
@@ -120,6 +120,14 @@ class FirstOrderModel:
         self.generator.fuse_upsampling()
 
 
+def _released_checkpoint(config: ModelConfig) -> Path:
+    if config.name not in released_models():
+        raise CheckpointError(f"config {config.name!r} is not a released model ({', '.join(released_models())}), so "
+                              "there are no released weights to find for it: pass the checkpoint's path "
+                              "(or None for random weights)")
+    return find_checkpoint(model=config.name)
+
+
 def _build_networks(config: ModelConfig, align_corners: bool) -> tuple[KeypointDetector, Generator]:
     return KeypointDetector(config.kp_detector), Generator(config.generator, align_corners=align_corners)
 
@@ -154,9 +162,20 @@ def _load_networks(config: ModelConfig, checkpoint: Path, align_corners: bool,
     return networks
 
 
+class _ReleasedWeights:
+    """Type of :data:`RELEASED_WEIGHTS`."""
+
+    def __repr__(self) -> str:
+        return "RELEASED_WEIGHTS"
+
+
+RELEASED_WEIGHTS = _ReleasedWeights()
+"""Default ``checkpoint`` of :func:`load_model`: the released weights of the model, where ``--download-weights`` puts them."""
+
+
 def load_model(
     config: str | Path | ModelConfig,
-    checkpoint: str | Path | None,
+    checkpoint: str | Path | None | _ReleasedWeights = RELEASED_WEIGHTS,
     device: str | torch.device = "cpu",
     *,
     align_corners: bool = True,
@@ -167,11 +186,16 @@ def load_model(
 ) -> FirstOrderModel:
     """Build the networks of ``config`` and load ``checkpoint`` into them.
 
-    config: a FOMM YAML config path (e.g. ``configs/vox-adv-256.yaml``) or a
-    :class:`ModelConfig`.  checkpoint: an original ``.pth.tar`` (or the same
-    state dicts as ``.safetensors``); only its ``generator`` and
-    ``kp_detector`` entries are used, strictly (every key used, none
-    missing).  ``None`` keeps random weights (benchmarks and tests only).
+    config: the name of a released model (``"vox-adv-256"``, ``"taichi-256"``,
+    ...: its config ships with the package, see :func:`engine.config.released_models`),
+    a FOMM YAML config path, or a :class:`ModelConfig`.  checkpoint: by
+    default the released weights of that model, found where
+    ``run_live.py --download-weights`` puts them, then in the working
+    directory (:func:`engine.weights.find_checkpoint`; a clear error says how
+    to fetch them when they are in neither); or an original ``.pth.tar`` (or
+    the same state dicts as ``.safetensors``), of which only the
+    ``generator`` and ``kp_detector`` entries are used, strictly (every key
+    used, none missing).  ``None`` keeps random weights (benchmarks and tests only).
     align_corners: the ``grid_sample`` convention; True is what the
     released models were trained with (torch < 1.3), False reproduces the
     unmodified original code on today's torch.  fuse_layers: fold
@@ -184,7 +208,9 @@ def load_model(
     "float32", "float16" or "bfloat16", None for the backend's default.
     """
     if not isinstance(config, ModelConfig):
-        config = ModelConfig.from_yaml(config)
+        config = ModelConfig.load(config)
+    if checkpoint is RELEASED_WEIGHTS:
+        checkpoint = _released_checkpoint(config)
     if checkpoint is None:
         kp_detector, generator = _build_networks(config, align_corners)
     else:

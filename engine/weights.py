@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .errors import CheckpointError
 
+DEFAULT_MODEL = "vox-adv-256"  # the released model live tools use; its config is configs/vox-adv-256.yaml
 DEFAULT_CHECKPOINT_NAME = "vox-adv-cpk.pth.tar"
 DEFAULT_CHECKPOINT_MD5 = "8a45a24037871c045fbb8a6a8aa95ebc"
 DEFAULT_WEIGHTS_URLS = (
@@ -49,27 +50,38 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fomm-live"
 
 
-def default_checkpoint_path() -> Path:
-    """Where ``--download-weights`` puts the checkpoint and the tool looks for it first."""
-    return cache_root() / "weights" / DEFAULT_CHECKPOINT_NAME
+def released_checkpoint_name(model: str) -> str:
+    """File name of a released model's checkpoint, as the original release names it: vox-adv-256 -> vox-adv-cpk.pth.tar."""
+    return f"{model.removesuffix('-256')}-cpk.pth.tar"
 
 
-def checkpoint_search_paths() -> list[Path]:
+def default_checkpoint_path(model: str = DEFAULT_MODEL) -> Path:
+    """Where ``--download-weights`` puts the checkpoint of ``model`` and the tool looks for it first."""
+    return cache_root() / "weights" / released_checkpoint_name(model)
+
+
+def checkpoint_search_paths(model: str = DEFAULT_MODEL) -> list[Path]:
     """Where the tool looks when no checkpoint is given: the weights directory, then the working directory."""
-    return [default_checkpoint_path(), Path.cwd() / DEFAULT_CHECKPOINT_NAME]
+    return [default_checkpoint_path(model), Path.cwd() / released_checkpoint_name(model)]
 
 
-def find_checkpoint(explicit: str | Path | None = None) -> Path:
+def find_checkpoint(explicit: str | Path | None = None, *, model: str = DEFAULT_MODEL) -> Path:
     """The checkpoint to load: ``explicit`` if given, else the first that exists of :func:`checkpoint_search_paths`.
 
     Raises :class:`CheckpointError` with one message naming every place looked
-    at and how to get the weights.
+    at and how to get the weights of ``model``.
     """
-    candidates = [Path(explicit)] if explicit is not None else checkpoint_search_paths()
+    candidates = [Path(explicit)] if explicit is not None else checkpoint_search_paths(model)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     looked = ", ".join(str(c) for c in candidates)
+    if explicit is None and model != DEFAULT_MODEL:
+        raise CheckpointError(
+            f"no checkpoint found for {model} (looked at: {looked}). --download-weights fetches only "
+            f"{DEFAULT_CHECKPOINT_NAME}: get {released_checkpoint_name(model)} from the original FOMM release and put "
+            f"it at {candidates[0]}, or pass the path of the checkpoint"
+        )
     fetch = "python run_live.py --download-weights" + (f" --checkpoint {explicit}" if explicit is not None else "")
     raise CheckpointError(
         f"no checkpoint found (looked at: {looked}). Get the weights ({DEFAULT_CHECKPOINT_NAME}, 228 MB) with: "
