@@ -9,11 +9,11 @@ rules live here, once:
   after the outputs were finalised;
 - an output that failed, or a camera or video file that could not be read,
   exits 1;
-- an offline render (a video file rendered to a file) exits 0 only when
-  every frame it promised was written: each frame of the driving video, or
-  ``--max-frames`` of them;
-- a live run exits 0 when the user ended it (the quit key) or its stream
-  ended, provided it delivered at least one frame.
+- the quit key exits 0: the user chose to end the run there;
+- otherwise an offline render (a video file rendered to a file) exits 0
+  only when every frame it promised was written: each frame of the driving
+  video, or ``--max-frames`` of them; a live run exits 0 when it delivered at
+  least one frame.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class RunReport:
             return 128 + self.signal_number
         if self.reason in (StopReason.OUTPUT_FAILED, StopReason.CAMERA_FAILED, StopReason.SIGNAL):
             return 1
+        if self.reason is StopReason.QUIT:
+            return 0
         if self.offline:
             return 0 if self.promised is not None and self.written >= self.promised and not self.failed else 1
         return 0 if self.written > 0 else 1
@@ -64,7 +66,9 @@ class RunReport:
     def summary(self) -> str:
         """One line: how the run ended and what it delivered, e.g. "done: 300 of 300 frames written"."""
         outcome = "done" if self.exit_code() == 0 else "incomplete"
-        if self.reason is StopReason.SIGNAL and self.signal_number is not None:
+        if self.reason is StopReason.QUIT:
+            outcome = "quit"
+        elif self.reason is StopReason.SIGNAL and self.signal_number is not None:
             outcome = f"stopped by {signal.Signals(self.signal_number).name}"
         elif self.reason in (StopReason.OUTPUT_FAILED, StopReason.CAMERA_FAILED):
             outcome = f"stopped: {self.detail or self.reason.value}"

@@ -21,11 +21,11 @@ class PreflightError(ValueError):
 def check_output_path(output: str, camera: str) -> Path:
     """The ``--output`` path, once it is known to be a writable .mp4 that is not the driving video."""
     path = Path(output).expanduser()
+    if path.is_dir():
+        raise PreflightError(f"--output {output} is a folder; expected a file name such as {path / 'out.mp4'}")
     if path.suffix.lower() != OUTPUT_SUFFIX:
         raise PreflightError(f"--output {output}: expected a file name ending in {OUTPUT_SUFFIX}, got "
                              f"{path.suffix or 'no extension'}")
-    if path.is_dir():
-        raise PreflightError(f"--output {output} is a folder; expected a file name such as {path / 'out.mp4'}")
     camera_path = Path(camera).expanduser()
     if not camera.isdigit() and camera_path.exists() and _same_file(path, camera_path):
         raise PreflightError(f"--output {output} is the driving video given as --camera: writing it would destroy "

@@ -122,11 +122,46 @@ def h264_unavailable_reason() -> str | None:
     return None
 
 
+class _WatchedFile:
+    """The file PyAV writes the MP4 through, which remembers the first failed write.
+
+    FFmpeg's MP4 muxer does not always pass a failed write on (a full disk
+    during a fragment flush went unreported, measured with PyAV 18), so the
+    encoder asks this file instead.
+    """
+
+    def __init__(self, path: Path):
+        self._file = open(path, "wb", buffering=0)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        try:
+            while view:
+                written = self._file.write(view)
+                if not written:
+                    raise OSError(f"wrote 0 of {len(view)} bytes")
+                view = view[written:]
+        except OSError as error:
+            self.error = self.error or error
+            raise
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class _H264Encoder:
     codec = "H.264"
 
-    def __init__(self, container, stream):
-        self._container, self._stream = container, stream
+    def __init__(self, file: _WatchedFile, container, stream):
+        self._file, self._container, self._stream = file, container, stream
 
     @classmethod
     def open(cls, path: Path, width: int, height: int, fps: float) -> "_H264Encoder | None":
@@ -137,27 +172,42 @@ class _H264Encoder:
         import av
 
         try:
-            container = av.open(str(path), "w", format="mp4", options=FRAGMENTED_MP4)
-        except av.FFmpegError as error:
+            file = _WatchedFile(path)
+            container = av.open(file, "w", format="mp4", options=FRAGMENTED_MP4)
+        except (OSError, av.FFmpegError) as error:
             raise SinkError(f"cannot write {path}: {error}") from None
         rate = Fraction(fps).limit_denominator(1001)
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {**H264_OPTIONS, "g": str(max(1, round(fps)))}  # a keyframe, so a fragment, every second
-        return cls(container, stream)
+        return cls(file, container, stream)
 
     def write(self, frame: np.ndarray) -> None:
+        """Encode one frame; raises OSError if any write so far failed."""
         import av
 
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            self._container.mux(packet)
+        try:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._container.mux(packet)
+        except av.FFmpegError as error:
+            raise self._file.error or OSError(str(error)) from None
+        if self._file.error:
+            raise self._file.error
 
     def close(self) -> None:
+        """Flush the encoder and end the last fragment; raises OSError if a write failed."""
+        import av
+
         try:
             for packet in self._stream.encode():
                 self._container.mux(packet)
-        finally:
             self._container.close()
+        except av.FFmpegError as error:
+            raise self._file.error or OSError(str(error)) from None
+        finally:
+            self._file.close()
+        if self._file.error:
+            raise self._file.error
 
 
 class _Mpeg4Encoder:

@@ -60,8 +60,10 @@ def test_offline_render_writes_every_frame_full_size_and_moving(tmp_path, media)
     assert len(frames) == 24
     assert frames[0].shape == (720, 1280, 3)
     first = frames[0].astype(np.int16)
-    changes = [np.abs(frame.astype(np.int16) - first).mean() for frame in frames[1:]]
-    assert max(changes) > 0.3, f"the output does not move: mean changes {changes}"
+    # The small fixture model moves the face little, and the face is a small part of a 720p frame: count the
+    # pixels that changed by more than the codec's noise (which leaves a still picture within +-2).
+    moved = [int((np.abs(frame.astype(np.int16) - first) > 4).sum()) for frame in frames[1:]]
+    assert max(moved) > 300, f"the output does not move: pixels changed per frame {moved}"
     assert not list(tmp_path.glob("*.partial.mp4"))
 
 
@@ -72,6 +74,8 @@ def test_square_option_sends_the_bare_animated_square(tmp_path, media):
     assert result.returncode == 0, result.stderr
     frames = read_video(out)
     assert len(frames) == 5 and frames[0].shape == (256, 256, 3)
+    changes = [np.abs(frame.astype(np.int16) - frames[0]).mean() for frame in frames[1:]]
+    assert max(changes) > 0.3, f"the animated square does not move: mean changes {changes}"
 
 
 def test_frames_without_a_face_render_with_a_message(tmp_path, media):
