@@ -4,6 +4,8 @@ quality gate, and the compiled-model cache.  Skipped where OpenVINO is not insta
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 
 import numpy as np
@@ -94,6 +96,21 @@ def test_bfloat16_is_refused_where_the_cpu_lacks_it_before_anything_is_built(hom
     load_model(CONFIG, CHECKPOINT, backend="openvino", precision="float32")  # float32 needs no capability
 
 
+def test_auto_on_the_cpu_picks_native_bfloat16_else_float32_and_says_why(home, monkeypatch, caplog):
+    with caplog.at_level(logging.INFO, logger="engine.backends"):
+        if BF16_NATIVE:
+            model = load_model(CONFIG, CHECKPOINT, backend="auto")
+            assert (model.backend.name, model.backend.precision) == ("openvino", "bfloat16")
+            assert "auto chose backend openvino bfloat16: the fastest variant here whose frames stay within the " \
+                   "project's bfloat16 tolerance" in caplog.text
+        monkeypatch.setattr(backend_module, "openvino_core", lambda: CoreWithout(openvino_core(), "BF16"))
+        model = load_model(CONFIG, CHECKPOINT, backend="auto")
+    assert (model.backend.name, model.backend.precision) == ("openvino", "float32")
+    assert "backend openvino bfloat16 cannot run here (bfloat16 is not native on this CPU" in caplog.text
+    assert ("auto chose backend openvino float32: the fastest float32 here; faster opt-in: --precision int8 (quantized, "
+            "quality-gated on faces), not built here yet") in caplog.text
+
+
 def test_compiled_models_are_reused_and_rebuilt_when_corrupt(home, small_inputs, monkeypatch):
     first = frames_of(load_model(CONFIG, CHECKPOINT, backend="openvino"), small_inputs)
     blobs = sorted((home / "compiled").glob("openvino-*.blob"))
@@ -115,7 +132,8 @@ def test_compiled_models_are_reused_and_rebuilt_when_corrupt(home, small_inputs,
     assert render.stat().st_size > 1000
 
 
-def test_int8_is_gated_on_held_out_faces_and_its_figures_stored(home, small_inputs, eager_frames, monkeypatch):
+def test_int8_is_gated_on_held_out_faces_and_its_figures_stored(home, small_inputs, eager_frames, monkeypatch,
+                                                                 caplog):
     model = load_model(CONFIG, CHECKPOINT, backend="openvino", precision="int8")
     (report_path,) = (home / "compiled").glob("openvino-render-*.blob.quality.json")
     report = json.loads(report_path.read_text())
@@ -133,6 +151,11 @@ def test_int8_is_gated_on_held_out_faces_and_its_figures_stored(home, small_inpu
 
     monkeypatch.setattr(nncf, "quantize", no_quantize)
     load_model(CONFIG, CHECKPOINT, backend="openvino", precision="int8")  # reused, with its stored figures
+    with caplog.at_level(logging.INFO, logger="engine.backends"):
+        auto = load_model(CONFIG, CHECKPOINT, backend="auto")
+    assert auto.backend.name == "openvino" and auto.backend.precision != "int8"
+    assert re.search(rf"faster opt-in: --precision int8 \(quantized, quality-gated on faces\): {report['ms_per_frame']:.0f} ms "
+                     rf"per frame measured here against \d+ ms for {auto.backend.precision}", caplog.text)
 
     strict = QualityGate(min_psnr_db=report["worst_psnr_db"] + 1)
     with pytest.raises(BackendUnavailable, match=rf"the int8 model fails the quality gate against float32 on held-out "

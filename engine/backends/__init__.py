@@ -15,6 +15,7 @@ library costs nothing until it is asked for.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import TYPE_CHECKING, Callable
 
@@ -34,8 +35,9 @@ BACKENDS = {  # name -> (module, class)
 }
 AUTO_ORDER = {  # fastest first (benchmarks/RESULTS.md)
     "cuda": ("tensorrt", "compile", "onnxruntime", "eager"),
-    # On the CPU, torch.compile takes minutes to build for about 10% over eager: auto leaves it out.
-    "cpu": ("onnxruntime", "eager"),
+    # On the CPU, torch.compile takes minutes to build for about 10% over eager: auto leaves it out.  OpenVINO
+    # offers auto its bfloat16 (where native) then float32 (Backend.auto_precisions).
+    "cpu": ("openvino", "onnxruntime", "eager"),
 }
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "BackendUnavailable", "backend_class", "select_backend"]
@@ -59,11 +61,18 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
         return _build(backend_class(name), model, precision)
     reasons = []
     for candidate in AUTO_ORDER.get(model.device.type, ("eager",)):
-        try:
-            return _build(backend_class(candidate), model, precision)
-        except BackendUnavailable as error:
-            reasons.append(f"{candidate}: {error}")
-            log(f"backend {candidate} cannot run here ({error}); trying the next")
+        backend = backend_class(candidate)
+        for choice in (precision,) if precision else backend.auto_precisions(model.device):
+            variant = candidate if choice is None else f"{candidate} {choice}"
+            try:
+                chosen = _build(backend, model, choice)
+            except BackendUnavailable as error:
+                reasons.append(f"{variant}: {error}")
+                log(f"backend {variant} cannot run here ({error}); trying the next")
+                continue
+            logging.getLogger(__name__).info("auto chose backend %s %s: %s", candidate, chosen.precision,
+                                             chosen.auto_choice_reason())
+            return chosen
     raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
 
 

@@ -67,6 +67,15 @@ class Backend(ABC):
             return f"runs only on {', '.join(cls.precisions)}"
         return None
 
+    @classmethod
+    def auto_precisions(cls, device: torch.device) -> tuple[str | None, ...]:
+        """The precisions ``auto`` may pick here, fastest first (None: the backend's default)."""
+        return (None,)
+
+    def auto_choice_reason(self) -> str:
+        """Why ``auto`` stopped at this backend and precision (logged at start-up)."""
+        return "the fastest backend that can run here (see benchmarks/RESULTS.md)"
+
     @abstractmethod
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
         """Bx3xHxW float32 in [0, 1] -> float32 Keypoints (BxKx2, BxKx2x2)."""
