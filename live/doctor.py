@@ -11,17 +11,20 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from engine.backends import BACKENDS, backend_class
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
 
 from .sinks import V4L2LOOPBACK_FIX
+from .video_file import h264_unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,14 @@ def run_doctor(checkpoint: str | None, expected_md5: str) -> list[Finding]:
     checks: list[Callable[[], Iterable[Finding]]] = [
         check_python,
         check_packages,
+        check_face_models,
         check_torch_device,
         check_backends,
         check_cache,
         check_cameras,
         check_virtual_camera,
         check_display,
+        check_video_output,
         lambda: check_weights(checkpoint, expected_md5),
     ]
     findings = []
@@ -70,7 +75,7 @@ def check_python() -> Iterator[Finding]:
 REQUIRED = ("torch", "numpy", "pyyaml", "safetensors", "tqdm")
 OPTIONAL = {  # distribution: (what it is for, what to install)
     "opencv-contrib-python": ("webcam capture and the preview window", "opencv-contrib-python"),
-    "mediapipe": ("face framing", "mediapipe==0.10.21"),
+    "mediapipe": ("face framing", '"mediapipe>=1.2"'),
     "pyvirtualcam": ("the virtual camera", "pyvirtualcam"),
     "onnxruntime": ("ONNX Runtime inference", '-e ".[onnx]"'),
     "torch-tensorrt": ("TensorRT inference on NVIDIA GPUs", '-e ".[tensorrt]"'),
@@ -98,6 +103,34 @@ def check_packages() -> Iterator[Finding]:
                           f"pip install {install}")
         else:
             yield Finding("OK", f"package {distribution}", version)
+
+
+def check_face_models() -> Iterator[Finding]:
+    """Each face model shipped in live/face_models/ loads in mediapipe's Tasks API and runs on a blank frame."""
+    mediapipe = _version("mediapipe")
+    if mediapipe is None:
+        return  # reported with the packages
+    from .face_tasks import FULL_RANGE_MODEL, LANDMARKER_MODEL, SHORT_RANGE_MODEL
+    from .framing import FaceDetector
+    from .pose_match import FaceLandmarks
+
+    blank = np.zeros((192, 192, 3), np.uint8)
+    for name, make, run in ((SHORT_RANGE_MODEL, lambda: FaceDetector(long_range=False), lambda task: task.detect(blank)),
+                            (FULL_RANGE_MODEL, lambda: FaceDetector(long_range=True), lambda task: task.detect(blank)),
+                            (LANDMARKER_MODEL, lambda: FaceLandmarks(static_images=True), lambda task: task(blank))):
+        try:
+            task = make()
+            try:
+                run(task)
+            finally:
+                task.close()
+        except Exception as error:
+            old = tuple(int(part) for part in mediapipe.split(".")[:2] if part.isdigit()) < (1, 2)
+            fix = 'pip install "mediapipe>=1.2"' if old else 'reinstall fomm-live: pip install -e ".[dev]"'
+            yield Finding("FAIL", f"face model {name}", f"does not load in mediapipe {mediapipe}: "
+                          f"{str(error).strip().splitlines()[0] if str(error).strip() else repr(error)}", fix)
+        else:
+            yield Finding("OK", f"face model {name}", f"loads and runs in mediapipe {mediapipe}")
 
 
 def check_torch_device() -> Iterator[Finding]:
@@ -197,6 +230,22 @@ def check_virtual_camera() -> Iterator[Finding]:
     except Exception as error:
         fix = V4L2LOOPBACK_FIX if platform.system() == "Linux" else "install OBS Studio and start its virtual camera once"
         yield Finding("FAIL", "virtual camera", f"pyvirtualcam cannot open one: {error}", fix)
+
+
+def check_video_output() -> Iterator[Finding]:
+    """--output: H.264 through PyAV, and ffmpeg to copy the driving video's sound in."""
+    reason = h264_unavailable_reason()
+    if reason:
+        yield Finding("WARN", "video output", f"no H.264 ({reason}): --output falls back to MPEG-4 Part 2, which "
+                      "browsers and many players do not play", "pip install --force-reinstall av")
+    else:
+        yield Finding("OK", "video output", f"H.264 through PyAV {_version('av')}")
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:
+        yield Finding("OK", "ffmpeg", f"{ffmpeg}: the driving video's sound is copied into --output")
+    else:
+        yield Finding("WARN", "ffmpeg", "not installed: --output files get no sound from the driving video",
+                      "install ffmpeg (apt install ffmpeg, brew install ffmpeg, winget install ffmpeg)")
 
 
 def check_display() -> Iterator[Finding]:

@@ -11,13 +11,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TOPICS = ["python", "packages", "gpu", "backend eager (cpu)", "cache", "cameras", "virtual camera device", "display",
-          "weights"]
+          "video output", "ffmpeg", "weights"]
 LINE = re.compile(r"^(OK  |WARN|FAIL) (?P<topic>[^:]+): (?P<detail>.+?)(  -> (?P<fix>.+))?$")
 
 
-def run_tool(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+def run_tool(*args: str, home: Path, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["FOMM_LIVE_HOME"] = str(home)
+    env.update(extra_env)
     return subprocess.run([sys.executable, str(REPO / "run_live.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -53,6 +54,16 @@ def test_doctor_reports_every_topic_on_this_machine(tmp_path):
         assert device[0].startswith("FAIL") and "modprobe v4l2loopback" in device["fix"]
     python = lines["python"][0]
     assert python[0].startswith("OK") and sys.version.split()[0] in python["detail"]
+
+
+def test_doctor_checks_h264_and_says_what_a_missing_ffmpeg_costs(tmp_path):
+    with_ffmpeg = doctor_lines(run_tool("--doctor", home=tmp_path / "home", cwd=tmp_path))
+    assert with_ffmpeg["video output"][0][0].startswith("OK") and "H.264" in with_ffmpeg["video output"][0]["detail"]
+    no_ffmpeg = tmp_path / "bin"
+    no_ffmpeg.mkdir()
+    lines = doctor_lines(run_tool("--doctor", home=tmp_path / "home", cwd=tmp_path, PATH=str(no_ffmpeg)))
+    ffmpeg = lines["ffmpeg"][0]
+    assert ffmpeg[0].startswith("WARN") and "no sound" in ffmpeg["detail"] and "apt install ffmpeg" in ffmpeg["fix"]
 
 
 def test_doctor_verifies_the_weights(tmp_path):
