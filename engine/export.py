@@ -4,6 +4,11 @@ ONNX files use opset 17: ``grid_sample`` needs opset 16 or newer, and opset
 20 renames its mode to "linear", which older TensorRT parsers reject.  They
 come from the TorchScript-based exporter, which needs no onnxscript and is
 the one the parity tests and the TensorRT parser check cover.
+
+Exporting never changes the caller's modules: ``torch.onnx.export`` puts the
+module it is given in eval mode and afterwards sets every submodule to that
+module's former mode, so the wrappers here start in eval mode and every
+submodule's own train/eval flag is put back as it was (:func:`modes_kept`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class FlatKeypoints(nn.Module):
     def __init__(self, kp_detector: nn.Module):
         super().__init__()
         self.kp_detector = kp_detector
+        self.training = False  # the wrapper alone: the wrapped module keeps its own mode
 
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         value, jacobian = self.kp_detector(frame)
@@ -51,6 +57,7 @@ class FlatRender(nn.Module):
     def __init__(self, render_step: nn.Module):
         super().__init__()
         self.render_step = render_step
+        self.training = False  # the wrapper alone: the wrapped module keeps its own mode
 
     def forward(self, features, source_image, source_heatmaps, source_value, source_jacobian, value, jacobian):
         source = SourceState(features, MotionSource(source_image, source_heatmaps, Keypoints(source_value, source_jacobian)))
@@ -66,7 +73,7 @@ def flatten_source(source: SourceState) -> tuple[torch.Tensor, ...]:
 def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
     """The keypoint detector as ONNX: input "frame" (1x3xHxW float32), outputs "value", "jacobian"."""
     frame, _, _ = _example_inputs(model)
-    with _quiet_tracer():
+    with _quiet_tracer(), modes_kept(model.kp_detector):
         torch.onnx.export(model.kp_detector, (frame,), str(path), opset_version=ONNX_OPSET, dynamo=False,
                           input_names=["frame"], output_names=list(KEYPOINT_INPUTS))
 
@@ -75,7 +82,7 @@ def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
 def export_render_onnx(model: FirstOrderModel, path: Path) -> None:
     """The render step as ONNX: inputs SOURCE_INPUTS then KEYPOINT_INPUTS (see :class:`FlatRender`), output "frame"."""
     _, source, keypoints = _example_inputs(model)
-    with _quiet_tracer():
+    with _quiet_tracer(), modes_kept(model.render_step):
         torch.onnx.export(FlatRender(model.render_step), (*flatten_source(source), *keypoints), str(path),
                           opset_version=ONNX_OPSET, dynamo=False, input_names=[*SOURCE_INPUTS, *KEYPOINT_INPUTS],
                           output_names=["frame"])
@@ -86,6 +93,17 @@ def _example_inputs(model: FirstOrderModel) -> tuple[torch.Tensor, SourceState, 
     frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
     keypoints = model.kp_detector(frame)
     return frame, model.generator.encode_source(frame, keypoints), keypoints
+
+
+@contextlib.contextmanager
+def modes_kept(module: nn.Module):
+    """Put back, on leaving, the train/eval flag that ``module`` and each of its submodules had on entering."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
 
 
 @contextlib.contextmanager

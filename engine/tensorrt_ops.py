@@ -9,7 +9,9 @@ backend exports (float16, :func:`engine.backends.tensorrt.graphs_to_compile`)
 against them.  It also reads, from the same source, the signature of
 every torch-tensorrt function that ``engine/backends/tensorrt.py`` calls, and
 checks that each keyword argument the backend passes is a named parameter of
-it (a keyword swallowed by ``**kwargs`` would be silently ignored).
+it (a keyword swallowed by ``**kwargs`` would be silently ignored), and that
+the release builds strongly typed networks for it (see
+:func:`engine.backends.tensorrt.strong_typing_keywords`).
 
     python -m engine.tensorrt_ops                      # downloads the wheel matching torch, checks vox-adv-256
     python -m engine.tensorrt_ops --wheel torch_tensorrt-2.13.0-*.whl --config configs/vox-256.yaml
@@ -32,6 +34,7 @@ DECORATOR = "dynamo_tensorrt_converter"
 LOWERING_PASSES = "torch_tensorrt/dynamo/lowering/passes/"
 PACKAGE = "torch_tensorrt"
 BACKEND_SOURCE = Path(__file__).resolve().parent / "backends" / "tensorrt.py"
+INTERPRETER = "torch_tensorrt/dynamo/conversion/_TRTInterpreter.py"
 
 
 def converter_registry(wheel: Path) -> set[str]:
@@ -133,24 +136,50 @@ def signature_mismatches(wheel: Path, calls: dict[str, set[str]]) -> list[str]:
     not a named parameter.  ``dynamo.compile`` is looked up as a top-level ``def compile`` in the modules directly
     inside ``torch_tensorrt/dynamo/`` (re-exports lead there).
     """
-    with zipfile.ZipFile(wheel) as archive:
-        sources = {name: archive.read(name) for name in archive.namelist() if name.endswith(".py")}
+    sources = _python_sources(wheel)
     problems = []
     for dotted, keywords in sorted(calls.items()):
-        *package, function = dotted.split(".")
-        folder = "/".join([PACKAGE, *package]) + "/"
-        definitions = [node for name, source in sources.items()
-                       if name.startswith(folder) and "/" not in name[len(folder):]
-                       for node in ast.parse(source).body
-                       if isinstance(node, ast.FunctionDef) and node.name == function]
-        if not definitions:
+        parameters = _parameters(sources, dotted)
+        if parameters is None:
             problems.append(f"{PACKAGE}.{dotted}: no such function in {wheel.name}")
             continue
-        parameters = {argument.arg for definition in definitions for argument in
-                      (*definition.args.posonlyargs, *definition.args.args, *definition.args.kwonlyargs)}
         for keyword in sorted(keywords - parameters):
             problems.append(f"{PACKAGE}.{dotted}: no parameter {keyword!r} in {wheel.name}")
     return problems
+
+
+def strong_typing(wheel: Path) -> str | None:
+    """How the release builds the backend's networks strongly typed (each layer in its graph's dtype), or None.
+
+    Either ``dynamo.compile`` takes ``use_explicit_typing`` (2.10 to 2.12),
+    which the backend then passes as True, or, with no such parameter, its
+    ``TRTInterpreter`` creates every network with TensorRT's STRONGLY_TYPED flag (2.13).
+    """
+    sources = _python_sources(wheel)
+    if "use_explicit_typing" in (_parameters(sources, "dynamo.compile") or set()):
+        return "dynamo.compile takes use_explicit_typing, passed as True"
+    if b"NetworkDefinitionCreationFlag.STRONGLY_TYPED" in sources.get(INTERPRETER, b""):
+        return "dynamo.compile has no use_explicit_typing; every network is created STRONGLY_TYPED"
+    return None
+
+
+def _python_sources(wheel: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(wheel) as archive:
+        return {name: archive.read(name) for name in archive.namelist() if name.endswith(".py")}
+
+
+def _parameters(sources: dict[str, bytes], dotted: str) -> set[str] | None:
+    """The named parameters of the torch-tensorrt function ``dotted`` (e.g. "dynamo.compile"), None if undefined."""
+    *package, function = dotted.split(".")
+    folder = "/".join([PACKAGE, *package]) + "/"
+    definitions = [node for name, source in sources.items()
+                   if name.startswith(folder) and "/" not in name[len(folder):]
+                   for node in ast.parse(source).body
+                   if isinstance(node, ast.FunctionDef) and node.name == function]
+    if not definitions:
+        return None
+    return {argument.arg for definition in definitions for argument in
+            (*definition.args.posonlyargs, *definition.args.args, *definition.args.kwonlyargs)}
 
 
 def download_wheel(directory: Path) -> Path:
@@ -187,10 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{wheel.name}: {len(registry)} converters; lowering erases {', '.join(sorted(erased))}")
         calls = torch_tensorrt_calls(BACKEND_SOURCE.read_text())
         mismatches = signature_mismatches(wheel, calls)
-        failed = bool(mismatches)
+        typing = strong_typing(wheel)
+        failed = bool(mismatches) or typing is None
         print("calls from engine/backends/tensorrt.py: " + "; ".join(
             f"{PACKAGE}.{name}({', '.join(sorted(keywords))})" for name, keywords in sorted(calls.items())))
         print("  " + ("; ".join(mismatches) if mismatches else "every function exists and takes every keyword passed"))
+        print("strongly typed networks: " + (typing or "NO: neither use_explicit_typing nor a STRONGLY_TYPED network"))
         for name, (module, inputs) in graphs.items():
             targets = aten_targets(export_graph(module, inputs))
             missing = unconvertible(targets, registry, erased)

@@ -34,6 +34,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=Path,
         help="a checkpoint + expected-outputs directory to check parity against (repeatable)",
     )
+    parser.addoption("--run-network", action="store_true", default=False,
+                     help="also run the tests marked network, which download (a torch-tensorrt wheel, onnx-tensorrt's "
+                          "operator matrix)")
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow, which take minutes each (torch.compile builds on a CPU)")
+
+
+# marker -> (the option that runs its tests, why they are skipped without it)
+OPT_IN_MARKERS = {
+    "network": ("run_network", "downloads from the network: run with --run-network"),
+    "slow": ("run_slow", "takes minutes (torch.compile builds): run with --run-slow"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked network or slow, with the reason, unless their option is given: the default run is
+    offline and quick."""
+    for marker, (option, reason) in OPT_IN_MARKERS.items():
+        if config.getoption(option):
+            continue
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -61,7 +84,9 @@ def _deterministic_seed():
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep the tool's cache (safetensors copies, hashes) out of the user's home during tests."""
+    """Keep the tool's cache (safetensors copies, hashes) out of the user's home during tests; register the markers."""
+    config.addinivalue_line("markers", "network: downloads (skipped unless --run-network is given)")
+    config.addinivalue_line("markers", "slow: takes minutes (skipped unless --run-slow is given)")
     home = tempfile.mkdtemp(prefix="fomm-live-test-home-")
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     os.environ["FOMM_LIVE_HOME"] = home

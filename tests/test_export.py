@@ -68,3 +68,37 @@ def test_no_graph_breaks(small_model, per_frame_inputs, part):
         explanation = torch._dynamo.explain(target)(*args)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def module_states(model) -> dict[str, object]:
+    """Every module's train/eval flag and every parameter and buffer (copied) of the networks a backend exports."""
+    states = {}
+    for prefix, network in (("kp_detector", model.kp_detector), ("generator", model.generator),
+                            ("render_step", model.render_step)):
+        states.update({f"{prefix}.{name}:training": module.training for name, module in network.named_modules()})
+        states.update({f"{prefix}.{name}": tensor.detach().clone() for name, tensor in network.state_dict().items()})
+    return states
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_exporting_leaves_the_callers_modules_as_they_were(fused, tmp_path):
+    """ONNX export used to leave the generator in training mode (its BatchNorms then used batch statistics)."""
+    from engine import load_model
+    from engine.backends.tensorrt import PARTS, export_graph, graph_to_compile
+    from engine.export import export_keypoints_onnx, export_render_onnx
+
+    from .conftest import SMALL_PARITY_DIR
+
+    model = load_model(SMALL_PARITY_DIR / "config.yaml", SMALL_PARITY_DIR / "checkpoint.pth.tar", fuse_layers=fused)
+    model.generator.dense_motion_network.train()  # a mixed state must come back exactly as well
+    before = module_states(model)
+    assert before["generator.dense_motion_network:training"] and not before["generator.:training"]
+    export_keypoints_onnx(model, tmp_path / "keypoints.onnx")
+    export_render_onnx(model, tmp_path / "render.onnx")
+    for part in PARTS:
+        export_graph(*graph_to_compile(model, part))
+    after = module_states(model)
+    assert after.keys() == before.keys()
+    changed = [name for name in before if not (torch.equal(before[name], after[name]) if isinstance(before[name], torch.Tensor)
+                                               else before[name] == after[name])]
+    assert changed == []

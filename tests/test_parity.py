@@ -2,6 +2,9 @@
 
 Run against another checkpoint with ``pytest tests/test_parity.py --parity-dir DIR``.
 Tolerances (max abs, float32, CPU): keypoints 1e-5, generated frames 1e-4.
+Every float32 backend usable here is checked too, each from an empty cache (so
+the first start's exports run in the test), and eager again afterwards on the
+same model.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import pytest
 import torch
 
 from engine import Animator, load_model
+from engine.backends import BackendUnavailable
 from engine.images import image_to_tensor
 from engine.motion import Keypoints, make_motion_reference, transfer_motion
 
@@ -137,3 +141,36 @@ def test_align_corners_convention_matters(case: ParityCase):
         animator = Animator(case.model(align_corners, fused=True), case.source)
         frames[tag] = np.stack([animator(frame) for frame in case.driving])
     assert float(np.abs(frames["ac1"] - frames["ac0"]).max()) > 100 * FRAME_TOLERANCE
+
+
+def assert_every_case_matches(case: ParityCase, models: dict[bool, object], what: str) -> None:
+    """Frames through the public API for every (convention, mode) the fixture holds; models: align_corners -> model."""
+    for tag, mode in case.cases():
+        relative, adapt_scale = MODES[mode]
+        animator = Animator(models[CONVENTIONS[tag]], case.source, relative=relative, adapt_scale=adapt_scale)
+        frames = np.stack([animator(frame) for frame in case.driving])
+        assert_close(frames, case.expected[f"{tag}_{mode}_prediction"].transpose(0, 2, 3, 1), FRAME_TOLERANCE,
+                     f"{what}: {tag} {mode} frames")
+
+
+# torch.compile builds for 1-2 minutes per model on a 2-core CPU (two models per variant): run with --run-slow.
+BACKENDS = ["eager", "onnxruntime", pytest.param("compile", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_matches_from_an_empty_cache_and_eager_after_it(case: ParityCase, backend: str, fused: bool,
+                                                                     tmp_path, monkeypatch):
+    """A first start (nothing cached: ONNX export, compilation), then the same models switched back to eager."""
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    models = {}
+    for align_corners in sorted({CONVENTIONS[tag] for tag, _ in case.cases()}):
+        try:
+            models[align_corners] = load_model(case.directory / "config.yaml", case.directory / "checkpoint.pth.tar",
+                                               align_corners=align_corners, fuse_layers=fused, backend=backend)
+        except BackendUnavailable as error:
+            pytest.skip(f"backend {backend} cannot run here: {error}")
+    assert_every_case_matches(case, models, backend)
+    for model in models.values():
+        model.use_backend("eager")
+    assert_every_case_matches(case, models, f"eager after {backend}")

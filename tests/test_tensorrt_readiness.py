@@ -4,12 +4,16 @@ torch-tensorrt's converter list is read from its own source (its wheel, fetched
 with pip download, or the file named by $TORCH_TENSORRT_WHEEL); the ONNX
 parser's from TensorRT itself where installed, else from onnx-tensorrt's
 support matrix (downloaded, or the file named by $ONNX_TENSORRT_MATRIX).
-Neither list is typed here.
+Neither list is typed here.  The tests that need those lists are marked
+network and run only with ``pytest --run-network`` (a copy named by the
+variables above is used instead of a download); what needs no list runs by default.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from engine.tensorrt_ops import (
     download_wheel,
     erased_in_lowering,
     signature_mismatches,
+    strong_typing,
     torch_tensorrt_calls,
     unconvertible,
 )
@@ -102,14 +107,25 @@ def wheel(tmp_path_factory) -> Path:
         pytest.skip(f"torch-tensorrt's wheel is not reachable here ({error}); set TORCH_TENSORRT_WHEEL to a copy")
 
 
-def test_every_op_handed_to_torch_tensorrt_has_a_converter(small_model, wheel):
-    registry = converter_registry(wheel)
-    targets = {name: aten_targets(export_graph(module, inputs)) for name, (module, inputs) in
-               graphs_to_compile(small_model).items()}
+@pytest.fixture(scope="module")
+def tensorrt_targets(small_model) -> dict[str, set[str]]:
+    """The core-ATen ops of each graph handed to torch-tensorrt, as the backend exports it."""
+    return {name: aten_targets(export_graph(module, inputs)) for name, (module, inputs) in
+            graphs_to_compile(small_model).items()}
+
+
+def test_the_graphs_for_tensorrt_lower_to_core_aten_whole(tensorrt_targets):
     for name in ("keypoints", "render"):
-        assert {"aten.convolution.default", "aten._to_copy.default"} <= targets[name]  # float16 convs, float32 coordinates
-        assert unconvertible(targets[name], registry, erased_in_lowering(wheel)) == [], f"{name}: ops without converter"
-    assert "aten.grid_sampler_2d.default" in targets["render"]
+        # float16 convolutions, float32 coordinates
+        assert {"aten.convolution.default", "aten._to_copy.default"} <= tensorrt_targets[name]
+    assert "aten.grid_sampler_2d.default" in tensorrt_targets["render"]
+
+
+@pytest.mark.network
+def test_every_op_handed_to_torch_tensorrt_has_a_converter(tensorrt_targets, wheel):
+    registry, erased = converter_registry(wheel), erased_in_lowering(wheel)
+    for name in ("keypoints", "render"):
+        assert unconvertible(tensorrt_targets[name], registry, erased) == [], f"{name}: ops without converter"
 
 
 def test_the_graphs_for_tensorrt_survive_torch_export_save_and_load(small_model, tmp_path):
@@ -173,10 +189,47 @@ def test_a_keyword_only_kwargs_would_swallow_is_a_mismatch(tmp_path):
     ]
 
 
-def test_the_tensorrt_backend_calls_torch_tensorrt_as_its_release_defines(wheel):
+def test_the_tensorrt_backend_calls_compile_save_and_load():
     calls = torch_tensorrt_calls(BACKEND_SOURCE.read_text())
     assert {"dynamo.compile", "save", "load"} <= set(calls)
-    assert signature_mismatches(wheel, calls) == []
+    assert {"arg_inputs", "min_block_size", "timing_cache_path"} <= calls["dynamo.compile"]
+
+
+@pytest.mark.network
+def test_the_tensorrt_backend_calls_torch_tensorrt_as_its_release_defines(wheel):
+    assert signature_mismatches(wheel, torch_tensorrt_calls(BACKEND_SOURCE.read_text())) == []
+    assert strong_typing(wheel) is not None
+
+
+COMPILE_2_12 = "def compile(exported_program, *, arg_inputs=None, use_explicit_typing=True, **kwargs): ...\n"
+COMPILE_2_13 = "def compile(exported_program, *, arg_inputs=None, **kwargs): ...\n"
+STRONGLY_TYPED = "flag |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)\n"
+
+
+@pytest.mark.parametrize(("compile_source", "interpreter", "expected"), [
+    (COMPILE_2_12, "", "dynamo.compile takes use_explicit_typing, passed as True"),
+    (COMPILE_2_13, STRONGLY_TYPED, "dynamo.compile has no use_explicit_typing; every network is created STRONGLY_TYPED"),
+    (COMPILE_2_13, "flag = 0\n", None),
+])
+def test_strong_typing_is_asked_for_or_built_in(tmp_path, compile_source, interpreter, expected):
+    wheel = tmp_path / "torch_tensorrt-0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("torch_tensorrt/dynamo/_compiler.py", compile_source)
+        archive.writestr("torch_tensorrt/dynamo/conversion/_TRTInterpreter.py", interpreter)
+    assert strong_typing(wheel) == expected
+
+
+@pytest.mark.network
+def test_the_tensorrt_op_check_passes_from_the_command_line():
+    """``python -m engine.tensorrt_ops`` as documented: the wheel matching torch (downloaded), the fixture's config."""
+    config = Path(__file__).parent / "fixtures" / "fomm-parity-small" / "config.yaml"
+    command = [sys.executable, "-m", "engine.tensorrt_ops", "--config", str(config)]
+    if os.environ.get("TORCH_TENSORRT_WHEEL"):
+        command += ["--wheel", os.environ["TORCH_TENSORRT_WHEEL"]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every function exists and takes every keyword passed" in result.stdout
+    assert "keypoints: " in result.stdout and "render: " in result.stdout and "NO CONVERTER" not in result.stdout
 
 
 MATRIX = """
@@ -209,25 +262,31 @@ def test_ops_outside_the_onnx_domain_are_refused(tmp_path):
         onnx_op_types(path)
 
 
-def parser_support_source() -> str:
-    """Where TensorRT's ONNX parser's word comes from here, or pytest.skip with why it cannot."""
-    if tensorrt_version() is not None:
-        return "tensorrt"
+@pytest.fixture(scope="module")
+def onnx_graphs(small_model, tmp_path_factory) -> dict[str, Path]:
+    return export_graphs(small_model, tmp_path_factory.mktemp("onnx"))
+
+
+def test_the_onnx_graphs_hold_only_onnx_domain_ops(onnx_graphs):
+    op_types = {name: onnx_op_types(path) for name, path in onnx_graphs.items()}
+    assert "Conv" in op_types["keypoints"] and {"Conv", "GridSample"} <= op_types["render"]
+
+
+@pytest.mark.skipif(tensorrt_version() is None, reason="TensorRT is not installed: its ONNX parser cannot be asked here")
+def test_tensorrts_onnx_parser_takes_every_graph(onnx_graphs):
+    for name, path in onnx_graphs.items():
+        assert tensorrt_parser_errors(path) == [], f"TensorRT's parser refuses the {name} graph"
+
+
+@pytest.mark.network
+def test_every_onnx_op_is_marked_supported_in_onnx_tensorrts_matrix(onnx_graphs):
     if os.environ.get("ONNX_TENSORRT_MATRIX"):
-        return Path(os.environ["ONNX_TENSORRT_MATRIX"]).read_text()
-    try:
-        return download_matrix()
-    except RuntimeError as error:
-        pytest.skip(f"neither TensorRT nor onnx-tensorrt's support matrix is reachable here ({error}); "
-                    "set ONNX_TENSORRT_MATRIX to a copy of its docs/operators.md")
-
-
-def test_every_onnx_op_is_taken_by_tensorrts_onnx_parser(small_model, tmp_path):
-    source = parser_support_source()
-    for name, path in export_graphs(small_model, tmp_path).items():
-        op_types = onnx_op_types(path)
-        assert "Conv" in op_types
-        if source == "tensorrt":
-            assert tensorrt_parser_errors(path) == [], f"TensorRT's parser refuses the {name} graph"
-        else:
-            assert unsupported_by_matrix(op_types, support_matrix(source)) == [], f"{name} has ops the parser lacks"
+        text = Path(os.environ["ONNX_TENSORRT_MATRIX"]).read_text()
+    else:
+        try:
+            text = download_matrix()
+        except RuntimeError as error:
+            pytest.skip(f"onnx-tensorrt's support matrix is not reachable here ({error}); "
+                        "set ONNX_TENSORRT_MATRIX to a copy of its docs/operators.md")
+    for name, path in onnx_graphs.items():
+        assert unsupported_by_matrix(onnx_op_types(path), support_matrix(text)) == [], f"{name} has ops the parser lacks"

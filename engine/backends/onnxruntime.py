@@ -2,7 +2,8 @@
 
 Providers are tried in the order TensorRT, CUDA, CPU.  The graphs are
 exported by :mod:`engine.export` and cached (see
-:mod:`engine.backends.artifacts`); a file that fails to load is rebuilt.  The
+:mod:`engine.backends.artifacts`): a file whose bytes changed since it was
+exported, or that fails to load, is rebuilt.  The
 TensorRT provider keeps the engines it builds in the same cache
 (``<cache>/compiled/onnxruntime-tensorrt``), so only the first start builds them.
 ``python -m engine.tensorrt_onnx_ops`` checks that TensorRT's ONNX parser
@@ -12,7 +13,6 @@ takes them.
 from __future__ import annotations
 
 import importlib.metadata
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,8 @@ from ..export import ONNX_OPSET, SOURCE_INPUTS, export_keypoints_onnx, export_re
 from ..generator import SourceState
 from ..motion import Keypoints
 from ..weights import cache_root
-from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
-from .base import Backend, BackendUnavailable, weights_fingerprint
+from .artifacts import artifact_key, artifact_path, library_version, load_artifact
+from .base import Backend, BackendUnavailable
 
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = frozenset(PROVIDERS[:2])
@@ -97,29 +97,30 @@ class OnnxRuntimeBackend(Backend):
         self.binding_device = ("cuda", self.device.index or 0) if self.device.type == "cuda" else ("cpu", 0)
         wanted = PROVIDERS if self.device.type == "cuda" else ("CPUExecutionProvider",)
         self.providers = [p for p in wanted if p in onnxruntime.get_available_providers()]
-        key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
-                   device=device_description(self.device), opset=str(ONNX_OPSET), torch=torch.__version__,
-                   onnxruntime=onnxruntime.__version__, onnx=library_version("onnx"),
-                   align_corners=str(model.generator.align_corners))
-        self.keypoints_session = self._session("keypoints", key, lambda path: export_keypoints_onnx(model, path))
-        self.render_session = self._session("render", key, lambda path: export_render_onnx(model, path))
+        paths = self.artifact_paths(model, precision)
+        self.keypoints_session = self._session("keypoints", paths["keypoints"], lambda path: export_keypoints_onnx(model, path))
+        self.render_session = self._session("render", paths["render"], lambda path: export_render_onnx(model, path))
         self.description = f"providers {self.render_session.get_providers()}"
 
-    def _session(self, part: str, key: dict, export):
-        path = artifact_path(f"onnx-{part}", ".onnx", part=part, **key)
-        if path.exists():
-            try:
-                return self._open(path)
-            except BackendUnavailable:  # the providers, not the file
-                raise
-            except Exception as error:  # a corrupt or incompatible file: rebuild it
-                print(f"cached ONNX file {path} is unusable ({error}); rebuilding it", file=sys.stderr)
-                path.unlink()
+    @classmethod
+    def artifact_paths(cls, model, precision: str) -> dict[str, Path]:
+        """Where each part's ONNX file is cached, under a key of all it depends on (see
+        :func:`engine.backends.artifacts.artifact_key`)."""
+        import onnxruntime
+
+        key = artifact_key(model, precision, opset=str(ONNX_OPSET), onnxruntime=onnxruntime.__version__,
+                           onnx=library_version("onnx"))
+        return {part: artifact_path(f"onnx-{part}", ".onnx", key, part=part) for part in ("keypoints", "render")}
+
+    def _session(self, part: str, path: Path, export):
+        """A session on the cached ONNX file of ``part``, exported first when the cache has no trusted copy."""
         try:
-            build_atomically(path, export)
+            return load_artifact(path, export, f"exporting the {part} graph to ONNX", self._open)
+        except BackendUnavailable:  # the providers, not the file
+            raise
         except Exception as error:
-            raise BackendUnavailable(f"ONNX export of the {part} graph failed: {type(error).__name__}: {error}") from error
-        return self._open(path)
+            raise BackendUnavailable(f"the {part} graph could not be exported to ONNX and loaded: "
+                                     f"{type(error).__name__}: {error}") from error
 
     def _open(self, path: Path):
         options = self.ort.SessionOptions()

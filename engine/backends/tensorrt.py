@@ -2,13 +2,18 @@
 
 The keypoint detector and the render step (with flat inputs, see
 :class:`engine.export.FlatRender`) are cast to float16 (their coordinate work
-stays float32: :func:`graphs_to_compile`), exported with ``torch.export`` and
+stays float32: :func:`graph_to_compile`), exported with ``torch.export`` and
 compiled by ``torch_tensorrt.dynamo.compile``, which builds strongly typed
 networks: each layer runs in the dtype the graph gives it.  The compiled
-programs are saved in the artifact cache and loaded on later starts with
+programs are saved in the artifact cache (as ``.pt2``, the suffix
+``torch.export.save`` requires) and loaded on later starts with
 ``torch_tensorrt.load`` (which registers the engine-execution op even where
 only torch-tensorrt's Python runtime is present); an entry that fails to load
-is rebuilt.  TensorRT's kernel timing cache lives beside them (torch-tensorrt
+is rebuilt.  Each saved program is checked against the sha256 recorded when
+it was built (:mod:`engine.backends.artifacts`) and rebuilt if it changed.
+Only failures that will repeat (a conversion error) are remembered as
+``<artifact>.failed``; a build that ran out of memory or disk falls back for
+this run only.  TensorRT's kernel timing cache lives beside them (torch-tensorrt
 would keep it in the system's temporary folder), so rebuilds are quicker and
 clearing the cache clears it too.  Inputs stay on the GPU: the engines run on
 the current CUDA stream, with no host copy.
@@ -21,7 +26,10 @@ this module passes to torch-tensorrt is a parameter of the function it calls.
 from __future__ import annotations
 
 import copy
-import sys
+import inspect
+import re
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -29,12 +37,17 @@ from ..export import FlatKeypoints, FlatRender, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
 from ..weights import cache_root
-from .artifacts import artifact_path, build_atomically, code_fingerprint, device_description, library_version
-from .base import Backend, BackendUnavailable, cast_source, weights_fingerprint
+from .artifacts import artifact_key, artifact_path, library_version, load_artifact
+from .base import Backend, BackendUnavailable, cast_source
+
+PARTS = ("keypoints", "render")
+Graph = tuple[torch.nn.Module, tuple[torch.Tensor, ...]]
+# How CUDA, TensorRT and torch-tensorrt word running out of memory ("CUDA out of memory", "OutOfMemory").
+_OUT_OF_MEMORY = re.compile(r"out\s*of\s*memory", re.IGNORECASE)
 
 
-def graphs_to_compile(model) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
-    """What this backend hands torch-tensorrt: part name -> (module, example inputs), batch 1 at the frame size.
+def graph_to_compile(model, part: str) -> Graph:
+    """What this backend hands torch-tensorrt for ``part``: (module, example inputs), batch 1 at the frame size.
 
     "keypoints": a float16 copy of the keypoint detector
     (:class:`engine.export.FlatKeypoints`), input the frame (1x3xHxW float16
@@ -43,24 +56,61 @@ def graphs_to_compile(model) -> dict[str, tuple[torch.nn.Module, tuple[torch.Ten
     the source as :func:`~engine.backends.base.cast_source` leaves it (features
     and heatmaps float16, image and keypoints float32), then the driving
     keypoints, float32.  Coordinate work inside stays float32 (see
-    :meth:`engine.dense_motion.DenseMotionNetwork.forward`).
+    :meth:`engine.dense_motion.DenseMotionNetwork.forward`).  The copy is made
+    here, only for a part that is compiled; ``model`` is left as it was.
     """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
     height, width = model.frame_size
     frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
     with torch.no_grad():  # not inference_mode: export wants ordinary tensors as example inputs
         keypoints = model.kp_detector(frame)
+        if part == "keypoints":
+            return FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (frame.half(),)
         source = model.generator.encode_source(frame, keypoints)
-    return {
-        "keypoints": (FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (frame.half(),)),
-        "render": (FlatRender(copy.deepcopy(model.render_step).half()),
-                   (*flatten_source(cast_source(source, torch.float16)), *keypoints)),
-    }
+    return (FlatRender(copy.deepcopy(model.render_step).half()),
+            (*flatten_source(cast_source(source, torch.float16)), *keypoints))
+
+
+def graphs_to_compile(model) -> dict[str, Graph]:
+    """Every part's :func:`graph_to_compile` (the op checks read them all; the backend makes only those it builds)."""
+    return {part: graph_to_compile(model, part) for part in PARTS}
 
 
 def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     """``torch.export`` as the compile step runs it: strict, so one graph or an error, never a graph break."""
     with torch.no_grad():
         return torch.export.export(module, inputs, strict=True)
+
+
+def strong_typing_keywords(compile_function: Callable) -> dict[str, bool]:
+    """The keyword that asks ``compile_function`` for strongly typed networks, where it takes one.
+
+    torch-tensorrt 2.10 to 2.12 take ``use_explicit_typing`` (default True):
+    it is passed explicitly.  2.13 dropped the parameter (every network is
+    strongly typed) and would swallow the keyword unseen in ``**kwargs``, so
+    it is not passed there.  ``python -m engine.tensorrt_ops`` checks which
+    case a release is.
+    """
+    try:
+        parameters = inspect.signature(compile_function).parameters
+    except (TypeError, ValueError):  # no signature to read: pass nothing it might not take
+        return {}
+    return {"use_explicit_typing": True} if "use_explicit_typing" in parameters else {}
+
+
+def is_resource_error(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a lack of resources that another start may not meet.
+
+    Host or GPU memory (``MemoryError``, ``torch.cuda.OutOfMemoryError``, an
+    error whose message says out of memory) and the file system (``OSError``:
+    a full disk, a permission) count; conversion and export errors do not.
+    """
+    while error is not None:
+        if isinstance(error, (MemoryError, OSError, torch.cuda.OutOfMemoryError)) or _OUT_OF_MEMORY.search(str(error)):
+            return True
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return False
 
 
 class TensorRTBackend(Backend):
@@ -78,6 +128,14 @@ class TensorRTBackend(Backend):
             return f'torch-tensorrt is not usable ({type(error).__name__}: {error}): pip install -e ".[tensorrt]"'
         return None
 
+    @classmethod
+    def artifact_paths(cls, model, precision: str) -> dict[str, Path]:
+        """Where each part's compiled program is cached, under a key of all it depends on (see
+        :func:`engine.backends.artifacts.artifact_key`)."""
+        key = artifact_key(model, precision, torch_tensorrt=library_version("torch-tensorrt"),
+                           tensorrt=library_version("tensorrt"))
+        return {part: artifact_path(f"tensorrt-{part}", ".pt2", key, part=part) for part in PARTS}
+
     def __init__(self, model, precision: str):
         super().__init__(model, precision)
         try:
@@ -85,47 +143,47 @@ class TensorRTBackend(Backend):
         except Exception as error:  # ImportError, or the TensorRT libraries failing to load
             raise BackendUnavailable(f"torch-tensorrt is not usable here ({error}); pip install -e \".[tensorrt]\"") from None
         self.torch_tensorrt = torch_tensorrt
-        height, width = model.frame_size
-        key = dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
-                   device=device_description(model.device), precision=precision, shape=f"{height}x{width}",
-                   torch=torch.__version__, torch_tensorrt=library_version("torch-tensorrt"),
-                   tensorrt=library_version("tensorrt"), align_corners=str(model.generator.align_corners))
-        graphs = graphs_to_compile(model)
-        self.keypoints_engine = self._engine("keypoints", key, *graphs["keypoints"])
-        self.render_engine = self._engine("render", key, *graphs["render"])
+        paths = self.artifact_paths(model, precision)
+        self.keypoints_engine = self._engine("keypoints", paths["keypoints"], lambda: graph_to_compile(model, "keypoints"))
+        self.render_engine = self._engine("render", paths["render"], lambda: graph_to_compile(model, "render"))
 
-    def _engine(self, part: str, key: dict, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
-        """The compiled ``part``: from the cache, else built, saved and loaded back.
+    def _engine(self, part: str, path: Path, graph: Callable[[], Graph]):
+        """The compiled ``part``: from the cache at ``path``, else built from ``graph()``, saved there and loaded back.
 
-        A failed build leaves ``<artifact>.failed`` holding the error, so that
-        later starts with the same weights, code and library versions fall back
-        at once instead of spending minutes failing again.
+        ``graph`` is called only for a build.  A failed build that will
+        repeat leaves ``<artifact>.failed`` holding the error, so that later
+        starts with the same weights, code and library versions fall back at
+        once instead of spending minutes failing again; one that lacked
+        memory or disk (:func:`is_resource_error`) leaves nothing.
         """
-        path = artifact_path(f"tensorrt-{part}", ".ep", part=part, **key)
         failure = path.with_suffix(".failed")
         if failure.exists():
             raise BackendUnavailable(f"the TensorRT {part} build failed before with these versions "
                                      f"({failure.read_text().strip()}); delete {failure} to try again")
-        if path.exists():
-            try:
-                return self.torch_tensorrt.load(str(path)).module()
-            except Exception as error:
-                print(f"cached TensorRT engine {path} is unusable ({error}); rebuilding it", file=sys.stderr)
-                path.unlink()
         try:
-            with torch.no_grad():
-                compiled = self.torch_tensorrt.dynamo.compile(
-                    export_graph(module, inputs), arg_inputs=list(inputs), min_block_size=1,
-                    timing_cache_path=str(cache_root() / "compiled" / "tensorrt-timing-cache.bin"))
-            build_atomically(path, lambda temporary: self.torch_tensorrt.save(
-                compiled, str(temporary), output_format="exported_program", arg_inputs=list(inputs)))
-            return self.torch_tensorrt.load(str(path)).module()
+            return load_artifact(path, lambda temporary: self._build(graph, temporary),
+                                 f"building the TensorRT {part} engine (minutes)", self._load)
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"
-            path.unlink(missing_ok=True)
+            if is_resource_error(error):
+                raise BackendUnavailable(f"TensorRT build of the {part} graph ran out of resources ({reason}); "
+                                         "falling back for this run only") from error
             failure.parent.mkdir(parents=True, exist_ok=True)
             failure.write_text(reason[:2000] + "\n")
             raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {reason}") from error
+
+    def _build(self, graph: Callable[[], Graph], path: Path) -> None:
+        """Compile ``graph()`` in strongly typed networks (each layer in the dtype the graph gives it); save it to path."""
+        module, inputs = graph()
+        with torch.no_grad():
+            compiled = self.torch_tensorrt.dynamo.compile(
+                export_graph(module, inputs), arg_inputs=list(inputs), min_block_size=1,
+                timing_cache_path=str(cache_root() / "compiled" / "tensorrt-timing-cache.bin"),
+                **strong_typing_keywords(self.torch_tensorrt.dynamo.compile))
+        self.torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=list(inputs))
+
+    def _load(self, path: Path):
+        return self.torch_tensorrt.load(str(path)).module()
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
@@ -136,6 +194,5 @@ class TensorRTBackend(Backend):
         return self.render_engine(*source, *driving).float()
 
     def prepare_source(self, source: SourceState) -> tuple[torch.Tensor, ...]:
-        """The source as the engine's first five inputs (see :func:`graphs_to_compile`), made once per avatar."""
+        """The source as the engine's first five inputs (see :func:`graph_to_compile`), made once per avatar."""
         return flatten_source(cast_source(source, torch.float16))
-
