@@ -9,6 +9,7 @@ and not on the first live frame.  Each module is compiled whole
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import sys
@@ -18,6 +19,8 @@ import torch
 from ..generator import SourceState
 from ..motion import Keypoints
 from .base import Backend, BackendUnavailable, cast_source
+
+log = logging.getLogger(__name__)
 
 
 class CompileBackend(Backend):
@@ -35,6 +38,7 @@ class CompileBackend(Backend):
         self.render_step = torch.compile(render_step, fullgraph=True, mode=mode)
         height, width = model.frame_size
         frame = torch.rand(1, 3, height, width, device=model.device)
+        log.info("compiling the keypoint detector and the render step with torch.compile (every start; minutes on a CPU)")
         try:
             with torch.inference_mode():
                 source = model.generator.encode_source(frame, model.kp_detector(frame))
