@@ -9,9 +9,12 @@ and for the uncached original-style pipeline as the baseline, in the same run:
 
 - model-only: keypoints + render of one 256x256 frame (batch 1), on the device;
 - end to end: a JPEG-compressed 1280x720 camera frame in (webcams deliver
-  MJPEG), a 1280x720 uint8 frame out, through every stage the live tool runs:
-  decode, framing (face detection, crop), keypoints, render, paste-back, and
-  the sink's colour conversion (RGB to I420, as a virtual camera takes it).
+  MJPEG), a 1280x720 uint8 frame out: decode, then the live tool's own
+  :class:`live.processor.FrameProcessor` (framing with face detection,
+  keypoints, render, paste-back: the code users run, with its own stage
+  timings), then the sink's colour conversion (RGB to I420, as a virtual
+  camera takes it).  The uncached baseline runs the original demo's steps
+  instead (framing, model, paste-back).
 
 Warm-up frames are excluded; GPU stages are timed with CUDA events.  With
 ``--random-weights`` no checkpoint is needed and the cost is identical.  The
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -33,6 +37,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -58,13 +63,17 @@ from benchmarks.fps_report import (  # noqa: E402
     summarize,
 )
 from benchmarks.original_pipeline import OriginalStylePipeline  # noqa: E402
-from engine import Animator, load_model  # noqa: E402
+from engine import load_model  # noqa: E402
 from engine.backends import BACKENDS, backend_class  # noqa: E402
 from engine.images import image_to_tensor  # noqa: E402
 from engine.motion import make_motion_reference, transfer_motion  # noqa: E402
 from engine.weights import find_checkpoint  # noqa: E402
+from live.avatars import AvatarLibrary  # noqa: E402
 from live.framing import DrivingFramer, FaceDetector, frame_avatar  # noqa: E402
+from live.hotkeys import LiveState  # noqa: E402
 from live.pasteback import PasteBack  # noqa: E402
+from live.processor import FrameProcessor  # noqa: E402
+from live.status import StatusBoard  # noqa: E402
 
 CAMERA_SIZE = (1280, 720)
 FACE_SOURCE = REPO / "tests" / "fixtures" / "fomm-parity-small" / "inputs.npz"
@@ -141,23 +150,16 @@ def measure(name: str, precision: str, pipeline: str, model, device: torch.devic
         torch.cuda.reset_peak_memory_stats(device)
     side = model.frame_size[0]
     photo = avatar_image()
+    first_frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     avatar_detector = FaceDetector(long_range=True)
-    avatar = frame_avatar(photo, avatar_detector, side)  # as the live tool frames it
+    avatar_crop = frame_avatar(photo, avatar_detector, side).crop  # as the live tool frames it
     avatar_detector.close()
-    avatar_crop = avatar.crop
-    paste_back = PasteBack(photo, avatar.square, *CAMERA_SIZE)
     detector = FaceDetector(long_range=False)
-    framer = DrivingFramer(detector, side)
-    first_crop = framer(cv2.cvtColor(cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR),
-                                     cv2.COLOR_BGR2RGB), 0.0).crop
+    first_crop = DrivingFramer(detector, side)(first_frame, 0.0).crop
+    detector.close()
     if pipeline == BASELINE:
-        baseline = OriginalStylePipeline(model, avatar_crop)
-        stages = {"model": baseline}
         model_only = _baseline_model_only(model, avatar_crop, first_crop)
     else:
-        animator = Animator(model, avatar_crop)
-        animator.calibrate(first_crop)
-        stages = {"keypoints": animator.detect, "render": animator.render}
         model_only = _cached_model_only(model, avatar_crop, first_crop)
 
     timer = StageTimer(device)
@@ -169,28 +171,25 @@ def measure(name: str, precision: str, pipeline: str, model, device: torch.devic
         if index >= warmup:
             model_ms.append(timing)
 
+    run_frame, close = (_baseline_frame(model, photo, avatar_crop, timer) if pipeline == BASELINE
+                        else _live_frame(model, photo, first_frame))
     stage_ms: dict[str, list[float]] = {}
     totals = []
     sequence = frames[:warmup] + frames  # the warm-up replays the first frames
-    for index, encoded in enumerate(tqdm(sequence, desc=f"{name} {precision} {pipeline}: end to end", leave=False)):
-        begin = time.perf_counter()
-        bgr = timer.run("decode", cv2.imdecode, np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        crop = timer.run("framing", framer, rgb, index / 30).crop
-        if pipeline == BASELINE:
-            face = timer.run("model", stages["model"], crop, on_device=True)
-        else:
-            keypoints = timer.run("keypoints", stages["keypoints"], crop, on_device=True)
-            face = timer.run("render", stages["render"], keypoints, on_device=True)
-        output = timer.run("paste_back", paste_back, face)
-        timer.run("sink", cv2.cvtColor, output, cv2.COLOR_RGB2YUV_I420)
-        times = timer.collect()
-        total = (time.perf_counter() - begin) * 1e3
-        if index >= warmup:
-            totals.append(total)
-            for stage, value in times.items():
-                stage_ms.setdefault(stage, []).append(value)
-    detector.close()
+    try:
+        for index, encoded in enumerate(tqdm(sequence, desc=f"{name} {precision} {pipeline}: end to end", leave=False)):
+            begin = time.perf_counter()
+            bgr = timer.run("decode", cv2.imdecode, np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+            output, stages = run_frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index)
+            timer.run("sink", cv2.cvtColor, output, cv2.COLOR_RGB2YUV_I420)
+            times = {**timer.collect(), **stages}
+            total = (time.perf_counter() - begin) * 1e3
+            if index >= warmup:
+                totals.append(total)
+                for stage, value in times.items():
+                    stage_ms.setdefault(stage, []).append(value)
+    finally:
+        close()
     model_summary, total_summary = summarize(model_ms), summarize(totals)
     return {
         "backend": name, "precision": precision, "pipeline": pipeline,
@@ -200,6 +199,45 @@ def measure(name: str, precision: str, pipeline: str, model, device: torch.devic
         "peak_memory_mib": peak_memory_mib(device),
         "speedup": None,
     }
+
+
+def _live_frame(model, photo: np.ndarray, first_frame: np.ndarray):
+    """(run, close): the live tool's FrameProcessor on one camera frame (HxWx3 uint8 RGB) -> (output, its stage
+    milliseconds: framing, keypoints, render, compose), calibrated on the first camera frame as a user would."""
+    folder = Path(tempfile.mkdtemp(prefix="fps-avatar-"))
+    avatar = folder / "avatar.png"
+    cv2.imwrite(str(avatar), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    processor = FrameProcessor(model, AvatarLibrary(avatar), StatusBoard(log=io.StringIO()), CAMERA_SIZE)
+    state = LiveState()
+    processor.process(first_frame, state)
+    processor.calibrate()
+
+    def run(frame: np.ndarray, index: int) -> tuple[np.ndarray, dict[str, float]]:
+        processed = processor.process(frame, state)
+        return processed.output, processed.timings
+
+    def close() -> None:
+        processor.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    return run, close
+
+
+def _baseline_frame(model, photo: np.ndarray, avatar_crop: np.ndarray, timer: StageTimer):
+    """(run, close): the original demo's per-frame steps, framed and pasted back as the live tool would."""
+    pipeline = OriginalStylePipeline(model, avatar_crop)
+    avatar_detector = FaceDetector(long_range=True)
+    square = frame_avatar(photo, avatar_detector, model.frame_size[0]).square
+    avatar_detector.close()
+    paste_back = PasteBack(photo, square, *CAMERA_SIZE)
+    framer = DrivingFramer(FaceDetector(long_range=False), model.frame_size[0])
+
+    def run(frame: np.ndarray, index: int) -> tuple[np.ndarray, dict[str, float]]:
+        crop = timer.run("framing", framer, frame, index / 30).crop
+        face = timer.run("model", pipeline, crop, on_device=True)
+        return timer.run("paste_back", paste_back, face), {}
+
+    return run, framer.detector.close
 
 
 def _cached_model_only(model, avatar_crop: np.ndarray, reference_crop: np.ndarray) -> Callable[[], torch.Tensor]:
@@ -221,7 +259,8 @@ def _baseline_model_only(model, avatar_crop: np.ndarray, reference_crop: np.ndar
 def machine_info(device: torch.device) -> dict:
     cpu = cpu_name()
     info = {"device": str(device), "device_name": f"CPU: {cpu}", "compute_capability": None, "driver": None,
-            "clocks": None, "device_memory_gib": None, "cpu": cpu, "cpu_cores": os.cpu_count()}
+            "clocks": None, "device_memory_gib": None, "cpu": cpu, "cpu_cores": os.cpu_count(),
+            "load_average": [round(load, 2) for load in os.getloadavg()]}  # other work on the machine, at the end
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(device_name=props.name, compute_capability=f"{props.major}.{props.minor}",
@@ -251,8 +290,8 @@ def software_info() -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "tensorrt": version("tensorrt"), "onnxruntime": version("onnxruntime"), "opencv": cv2.__version__,
-            "mediapipe": version("mediapipe")}
+            "tensorrt": version("tensorrt"), "onnxruntime": version("onnxruntime"), "openvino": version("openvino"),
+            "nncf": version("nncf"), "opencv": cv2.__version__, "mediapipe": version("mediapipe")}
 
 
 def build_parser() -> argparse.ArgumentParser:

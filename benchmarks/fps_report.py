@@ -8,16 +8,20 @@ JSON schema ``fomm-live-fps/1`` (what ``benchmarks/fps.py --json`` writes):
       "command": "python benchmarks/fps.py ...",        # exactly what was run
       "machine": {"device": "cuda:0" | "cpu", "device_name": str, "compute_capability": "9.0" | null,
                   "driver": str | null, "clocks": {"sm_mhz": int, "memory_mhz": int, "sm_max_mhz": int} | null,
-                  "device_memory_gib": float | null, "cpu": str, "cpu_cores": int},
+                  "device_memory_gib": float | null, "cpu": str, "cpu_cores": int,
+                  "load_average": [1 min, 5 min, 15 min]},     # os.getloadavg() when the run ended
       "software": {"python": str, "torch": str, "cuda": str | null, "cudnn": int | null, "tensorrt": str | null,
-                   "onnxruntime": str | null, "opencv": str, "mediapipe": str | null},
+                   "onnxruntime": str | null, "openvino": str | null, "nncf": str | null, "opencv": str,
+                   "mediapipe": str | null},
       "config": str, "weights": "random" | <checkpoint path>, "frames": int, "warmup": int,
       "results": [{
         "backend": "eager", "precision": "float32",
         "pipeline": "cached" | "uncached-original",    # ours, or the original demo's per-frame work (baseline)
         "model_only": {"fps": float, "ms": Summary},    # keypoints + render of a 256x256 frame, batch 1
         "end_to_end": {"fps": float, "ms": Summary,     # uint8 camera frame in, uint8 output frame out
-                       "stages": {"decode" | "framing" | "keypoints" | "render" | "model" | "paste_back" | "sink": Summary}},
+                       "stages": {"decode" | "framing" | "keypoints" | "render" | "compose" | "sink": Summary}},
+                                                        # ours: FrameProcessor's own timings (compose = paste-back);
+                                                        # the baseline: decode, framing, model, paste_back, sink
         "peak_memory_mib": float,                       # device memory (CUDA), else the process's peak RSS
         "speedup": {"model_only": float, "end_to_end": float} | null   # against the baseline, same run
       }]
@@ -41,7 +45,7 @@ import numpy as np
 
 SCHEMA = "fomm-live-fps/1"
 BASELINE = "uncached-original"
-STAGE_ORDER = ("decode", "framing", "keypoints", "render", "model", "paste_back", "sink")
+STAGE_ORDER = ("decode", "framing", "keypoints", "render", "model", "compose", "paste_back", "sink")
 
 
 def cpu_name() -> str:

@@ -93,12 +93,15 @@ def test_tiny_run_on_the_cpu_writes_every_output(tmp_path, capsys, monkeypatch):
     assert code == 0
     data = load_report(paths["json"])
     assert data["machine"]["device"] == "cpu" and data["weights"] == "random" and data["frames"] == 3
-    assert {"python", "torch", "cuda", "tensorrt", "onnxruntime", "opencv", "mediapipe"} <= set(data["software"])
+    assert len(data["machine"]["load_average"]) == 3
+    assert {"python", "torch", "cuda", "tensorrt", "onnxruntime", "openvino", "nncf", "opencv", "mediapipe"} <= set(
+        data["software"])
     baseline, ours, onnx = data["results"]  # tensorrt cannot run on the CPU: skipped, said on stderr
     assert baseline["pipeline"] == BASELINE and ours["pipeline"] == onnx["pipeline"] == "cached"
     assert (ours["backend"], onnx["backend"]) == ("eager", "onnxruntime")
     assert "skipping backend tensorrt: runs only on cuda" in capsys.readouterr().err
-    assert set(ours["end_to_end"]["stages"]) == {"decode", "framing", "keypoints", "render", "paste_back", "sink"}
+    # Ours: the live tool's FrameProcessor's own stages (compose = paste-back), between decode and the sink.
+    assert set(ours["end_to_end"]["stages"]) == {"decode", "framing", "keypoints", "render", "compose", "sink"}
     assert set(baseline["end_to_end"]["stages"]) == {"decode", "framing", "model", "paste_back", "sink"}
     for part in ("model_only", "end_to_end"):
         assert ours["speedup"][part] == pytest.approx(ours[part]["fps"] / baseline[part]["fps"])
@@ -131,3 +134,41 @@ def test_a_variant_that_fails_is_skipped_with_its_reason_and_the_rest_reported(t
     assert [r["backend"] for r in load_report(tmp_path / "cpu.json")["results"]] == ["eager", "eager"]  # baseline, ours
     assert ("skipping backend onnxruntime float32: RuntimeError: CUDA error: an illegal memory access was encountered"
             in capsys.readouterr().err)
+
+
+def test_end_to_end_times_the_live_tools_frame_processor(tmp_path, monkeypatch):
+    """The end-to-end figure is the code users run: every timed frame goes through FrameProcessor.process."""
+    import benchmarks.fps as fps
+
+    calls = []
+    process = fps.FrameProcessor.process
+
+    def counted(self, frame, state):
+        calls.append(frame.shape)
+        return process(self, frame, state)
+
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fps.FrameProcessor, "process", counted)
+    assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--backends", "eager", "--frames", "3", "--warmup", "1", "--json", str(tmp_path / "r.json")]) == 0
+    assert calls == [(720, 1280, 3)] * (1 + 1 + 3)  # the calibration frame, the warm-up, the timed frames
+    ours = load_report(tmp_path / "r.json")["results"][1]
+    assert ours["end_to_end"]["stages"]["compose"]["mean"] > 0
+
+
+def test_openvino_variants_are_listed_beside_the_others(tmp_path, capsys, monkeypatch):
+    """Every precision the OpenVINO backend offers here is measured in the same run; the Intel GPU one is skipped
+    with its reason where OpenVINO finds no GPU."""
+    pytest.importorskip("openvino")
+    from engine.backends.openvino import openvino_core
+
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--backends", "onnxruntime,openvino,openvino-gpu", "--frames", "2", "--warmup", "1",
+                          "--json", str(tmp_path / "r.json")]) == 0
+    variants = [(r["backend"], r["precision"]) for r in load_report(tmp_path / "r.json")["results"][1:]]
+    bf16 = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert variants == [("onnxruntime", "float32"), ("openvino", "float32")] + [("openvino", "bfloat16")] * bf16 + [
+        ("openvino", "int8")]
+    if not any(name.startswith("GPU") for name in openvino_core().available_devices):
+        assert "skipping backend openvino-gpu: OpenVINO finds no Intel GPU here" in capsys.readouterr().err
