@@ -143,34 +143,54 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def measure(name: str, precision: str, pipeline: str, model, device: torch.device, frames: list[bytes],
-            warmup: int) -> dict:
-    """Time one variant: model-only, then end to end.  ``pipeline`` is "cached" (ours) or the baseline."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def crops(model, frames: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(avatar photo, its crop as the live tool frames it, the first camera frame (RGB), its driving crop)."""
     side = model.frame_size[0]
     photo = avatar_image()
     first_frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     avatar_detector = FaceDetector(long_range=True)
-    avatar_crop = frame_avatar(photo, avatar_detector, side).crop  # as the live tool frames it
+    avatar_crop = frame_avatar(photo, avatar_detector, side).crop
     avatar_detector.close()
     detector = FaceDetector(long_range=False)
     first_crop = DrivingFramer(detector, side)(first_frame, 0.0).crop
     detector.close()
-    if pipeline == BASELINE:
-        model_only = _baseline_model_only(model, avatar_crop, first_crop)
-    else:
-        model_only = _cached_model_only(model, avatar_crop, first_crop)
+    return photo, avatar_crop, first_frame, first_crop
 
+
+def model_only_step(pipeline: str, model, frames: list[bytes]) -> Callable[[], torch.Tensor]:
+    """One frame of the per-frame model work of ``pipeline`` ("cached" or the baseline), on the device."""
+    _, avatar_crop, _, first_crop = crops(model, frames)
+    make = _baseline_model_only if pipeline == BASELINE else _cached_model_only
+    return make(model, avatar_crop, first_crop)
+
+
+def time_model_only(steps: list[Callable[[], torch.Tensor]], device: torch.device, count: int, warmup: int,
+                    label: str) -> list[list[float]]:
+    """Milliseconds of each step over ``count`` rounds after ``warmup``; each round runs every step once, in turn,
+    so that other work on the machine slows them alike (their ratios hold under a changing load)."""
     timer = StageTimer(device)
-    model_ms = []
-    for index in tqdm(range(warmup + len(frames)), desc=f"{name} {precision} {pipeline}: model only", leave=False):
-        begin = time.perf_counter()
-        timer.run("model", model_only, on_device=True)
-        timing = timer.collect()["model"] if device.type == "cuda" else (time.perf_counter() - begin) * 1e3
-        if index >= warmup:
-            model_ms.append(timing)
+    times: list[list[float]] = [[] for _ in steps]
+    for index in tqdm(range(warmup + count), desc=f"{label}: model only", leave=False):
+        for step, collected in zip(steps, times):
+            begin = time.perf_counter()
+            timer.run("model", step, on_device=True)
+            timing = timer.collect()["model"] if device.type == "cuda" else (time.perf_counter() - begin) * 1e3
+            if index >= warmup:
+                collected.append(timing)
+    return times
 
+
+def measure(name: str, precision: str, pipeline: str, model, device: torch.device, frames: list[bytes],
+            warmup: int, model_ms: list[float] | None = None) -> dict:
+    """Time one variant: model-only (unless ``model_ms`` holds it, timed alternating), then end to end.
+    ``pipeline`` is "cached" (ours) or the baseline."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    photo, avatar_crop, first_frame, _ = crops(model, frames)
+    if model_ms is None:
+        (model_ms,) = time_model_only([model_only_step(pipeline, model, frames)], device, len(frames), warmup,
+                                      f"{name} {precision} {pipeline}")
+    timer = StageTimer(device)
     run_frame, close = (_baseline_frame(model, photo, avatar_crop, timer) if pipeline == BASELINE
                         else _live_frame(model, photo, first_frame))
     stage_ms: dict[str, list[float]] = {}
@@ -304,11 +324,50 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated, from {sorted(BACKENDS)} (default: every one usable here)")
     parser.add_argument("--frames", type=int, default=50, help="timed frames per measurement (default: 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default: 5)")
+    parser.add_argument("--alternate", action="store_true",
+                        help="load every variant at once and time model-only frame by frame in turn: ratios that "
+                             "hold on a busy machine (peak memory is then the whole process's)")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
     parser.add_argument("--chart", type=Path, help="write the stage-latency chart (PNG) here")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="compare two reports and exit")
     return parser
+
+
+def variants(names: list[str], device: torch.device):
+    """(backend, precision) for every precision each named backend offers on ``device``; a backend that cannot
+    run here is skipped with its reason (stderr)."""
+    for name in names:
+        backend = backend_class(name)
+        reason = backend.unavailable_reason(device)
+        if reason:
+            print(f"skipping backend {name}: {reason}", file=sys.stderr)
+            continue
+        for precision in backend.precisions[device.type]:
+            yield name, precision
+
+
+def measure_alternating(args, names: list[str], checkpoint, device: torch.device, frames: list[bytes],
+                        baseline_model) -> list[dict]:
+    """Every variant loaded at once, model-only timed frame by frame in turn (see :func:`time_model_only`), then
+    each end to end.  Peak memory is then the whole process's."""
+    loaded = [("eager", "float32", BASELINE, baseline_model)]
+    for name, precision in variants(names, device):
+        torch.manual_seed(0)
+        try:
+            loaded.append((name, precision, "cached",
+                           load_model(args.config, checkpoint, device=device, backend=name, precision=precision)))
+        except Exception as error:
+            print(f"skipping backend {name} {precision}: {type(error).__name__}: {error}", file=sys.stderr)
+    steps = [model_only_step(pipeline, model, frames) for _, _, pipeline, model in loaded]
+    model_ms = time_model_only(steps, device, len(frames), args.warmup, f"{len(steps)} variants alternating")
+    results = []
+    for (name, precision, pipeline, model), times in zip(loaded, model_ms):
+        try:
+            results.append(measure(name, precision, pipeline, model, device, frames, args.warmup, model_ms=times))
+        except Exception as error:
+            print(f"skipping backend {name} {precision}: {type(error).__name__}: {error}", file=sys.stderr)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,15 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     baseline_model = load_model(args.config, checkpoint, device=device, fuse_layers=False)
     for network in (baseline_model.kp_detector, baseline_model.generator):  # the original's NCHW layout
         network.to(memory_format=torch.contiguous_format)
-    results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, args.warmup))
-    del baseline_model
-    for name in names:
-        backend = backend_class(name)
-        reason = backend.unavailable_reason(device)
-        if reason:
-            print(f"skipping backend {name}: {reason}", file=sys.stderr)
-            continue
-        for precision in backend.precisions[device.type]:
+    if args.alternate:
+        results = measure_alternating(args, names, checkpoint, device, frames, baseline_model)
+    else:
+        results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, args.warmup))
+        del baseline_model
+        for name, precision in variants(names, device):
             torch.manual_seed(0)
             try:
                 model = load_model(args.config, checkpoint, device=device, backend=name, precision=precision)
@@ -356,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": Path(args.config).name,
         "weights": weights,
         "frames": args.frames,
+        "alternate": args.alternate,
         "warmup": args.warmup,
         "results": attach_speedups(results),
     }

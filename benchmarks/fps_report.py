@@ -14,6 +14,7 @@ JSON schema ``fomm-live-fps/1`` (what ``benchmarks/fps.py --json`` writes):
                    "onnxruntime": str | null, "openvino": str | null, "nncf": str | null, "opencv": str,
                    "mediapipe": str | null},
       "config": str, "weights": "random" | <checkpoint path>, "frames": int, "warmup": int,
+      "alternate": bool,                                 # model-only timed frame by frame in turn (--alternate)
       "results": [{
         "backend": "eager", "precision": "float32",
         "pipeline": "cached" | "uncached-original",    # ours, or the original demo's per-frame work (baseline)
@@ -89,18 +90,34 @@ def _variant(result: dict[str, Any]) -> str:
     return f"{result['backend']} {result['precision']}" + (" (uncached original)" if result["pipeline"] == BASELINE else "")
 
 
+REFERENCE = ("onnxruntime", "float32")  # what per-frame time ratios are given against
+
+
+def model_time_ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """variant -> its model-only mean time over ONNX Runtime float32's in the same run (empty without that one)."""
+    reference = [r for r in results if (r["backend"], r["precision"]) == REFERENCE and r["pipeline"] != BASELINE]
+    if not reference:
+        return {}
+    base = reference[0]["model_only"]["ms"]["mean"]
+    return {_variant(r): r["model_only"]["ms"]["mean"] / base for r in results}
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """The results as a Markdown table, with the machine in a heading line."""
+    """The results as a Markdown table, with the machine in a heading line; with an ONNX Runtime float32 result,
+    a last column gives each variant's model-only time as a ratio to it."""
     machine, software = report["machine"], report["software"]
     device = machine["device_name"] + (f" (sm {machine['compute_capability']})" if machine["compute_capability"] else "")
     stages = [s for s in STAGE_ORDER if any(s in r["end_to_end"]["stages"] for r in report["results"])]
+    ratios = model_time_ratios(report["results"])
     lines = [
         f"**{device}**, torch {software['torch']}, {report['config']}, weights {report['weights']}, "
-        f"{report['frames']} frames after {report['warmup']} warm-up",
+        f"{report['frames']} frames after {report['warmup']} warm-up"
+        + (", model-only timed alternating" if report.get("alternate") else ""),
         "",
         "| variant | model-only FPS | end-to-end FPS | speed-up (model / e2e) | "
-        + " | ".join(f"{s} p50/p95/p99 ms" for s in stages) + " | peak memory MiB |",
-        "|---|---:|---:|---:|" + "---:|" * len(stages) + "---:|",
+        + " | ".join(f"{s} p50/p95/p99 ms" for s in stages) + " | peak memory MiB |"
+        + (" model time / onnxruntime float32 |" if ratios else ""),
+        "|---|---:|---:|---:|" + "---:|" * len(stages) + "---:|" + ("---:|" if ratios else ""),
     ]
     for result in report["results"]:
         speedup = result["speedup"]
@@ -110,7 +127,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             summary = result["end_to_end"]["stages"].get(stage)
             cells.append(f"{summary['p50']:.1f} / {summary['p95']:.1f} / {summary['p99']:.1f}" if summary else "-")
         lines.append(f"| {_variant(result)} | {result['model_only']['fps']:.2f} | {result['end_to_end']['fps']:.2f} | "
-                     f"{ratio} | " + " | ".join(cells) + f" | {result['peak_memory_mib']:.0f} |")
+                     f"{ratio} | " + " | ".join(cells) + f" | {result['peak_memory_mib']:.0f} |"
+                     + (f" {ratios[_variant(result)]:.2f} |" if ratios else ""))
     return "\n".join(lines)
 
 

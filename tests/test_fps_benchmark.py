@@ -71,6 +71,15 @@ def test_markdown_table_has_a_row_per_variant():
     assert len([line for line in lines if line.startswith("| eager")]) == 2
 
 
+def test_model_time_ratios_are_against_onnxruntime_float32_of_the_same_run():
+    results = attach_speedups([result(BASELINE, 100.0, 125.0), result("cached", 40.0, 50.0, "onnxruntime"),
+                               result("cached", 10.0, 30.0, "openvino")])
+    table = markdown_table(report(results))
+    assert "model time / onnxruntime float32 |" in table.splitlines()[2]
+    assert table.splitlines()[-1].endswith("| 0.25 |") and table.splitlines()[-2].endswith("| 1.00 |")
+    assert "model time" not in markdown_table(report(attach_speedups([result(BASELINE, 100.0, 125.0)])))
+
+
 def test_compare_shows_two_machines_side_by_side(tmp_path):
     first = report(attach_speedups([result(BASELINE, 100.0, 125.0), result("cached", 40.0, 50.0)]), "GPU A")
     second = copy.deepcopy(first)
@@ -152,6 +161,30 @@ def test_end_to_end_times_the_live_tools_frame_processor(tmp_path, monkeypatch):
     assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
                           "--backends", "eager", "--frames", "3", "--warmup", "1", "--json", str(tmp_path / "r.json")]) == 0
     assert calls == [(720, 1280, 3)] * (1 + 1 + 3)  # the calibration frame, the warm-up, the timed frames
+    ours = load_report(tmp_path / "r.json")["results"][1]
+    assert ours["end_to_end"]["stages"]["compose"]["mean"] > 0
+
+
+def test_alternating_times_every_variant_in_turn(tmp_path, monkeypatch):
+    """--alternate: one round of model-only timing runs every variant once, so a changing load hits all alike."""
+    import benchmarks.fps as fps
+
+    order = []
+    step = fps.model_only_step
+
+    def recorded(pipeline, model, frames):
+        run = step(pipeline, model, frames)
+        label = f"{model.backend.name} {pipeline}"
+        return lambda: (order.append(label), run())[1]
+
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fps, "model_only_step", recorded)
+    assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--backends", "eager", "--frames", "2", "--warmup", "1", "--alternate",
+                          "--json", str(tmp_path / "r.json")]) == 0
+    assert order == ["eager uncached-original", "eager cached"] * 3
+    data = load_report(tmp_path / "r.json")
+    assert data["alternate"] is True and [r["pipeline"] for r in data["results"]] == [BASELINE, "cached"]
     ours = load_report(tmp_path / "r.json")["results"][1]
     assert ours["end_to_end"]["stages"]["compose"]["mean"] > 0
 
