@@ -63,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Ctrl+Alt+<key> hotkeys that work while another window has the focus (pynput)")
     parser.add_argument("--verbose", action="store_true",
                         help="also show debug messages and the libraries' own log lines (OpenCV, FFmpeg, mediapipe)")
+    remote = parser.add_argument_group("remote rendering")
+    remote.add_argument("--serve", action="store_true", help="run a render server for other machines' live tools "
+                        "(prints the client's command line), until Ctrl-C")
+    remote.add_argument("--host", default="127.0.0.1", help="--serve: address to listen on (default: %(default)s; "
+                        "any other than loopback needs --token-file)")
+    remote.add_argument("--port", type=_positive_int, default=8765, help="--serve: port (default: %(default)s)")
+    remote.add_argument("--token-file", help="the shared secret: --serve reads it (writing a new token there if the "
+                        "file is missing); the client reads it (else $FOMM_LIVE_TOKEN)")
+    remote.add_argument("--cert", help="--serve: TLS certificate (PEM; default: a self-signed one kept in the data "
+                        "directory)")
+    remote.add_argument("--key", help="--serve: the certificate's private key (PEM)")
+    remote.add_argument("--no-tls", action="store_true", help="--serve: plain ws://, only on a loopback address "
+                        "behind a TLS-terminating proxy or tunnel on the same machine")
+    remote.add_argument("--max-sessions", type=_positive_int, default=4,
+                        help="--serve: most clients at once (default: %(default)s)")
+    remote.add_argument("--remote", metavar="URL", help="render on this server (wss://HOST:PORT/v1/session)")
+    remote.add_argument("--fingerprint", help="--remote: the server certificate's SHA-256 fingerprint, as the server "
+                        "printed it (default: trust the first one seen from that server, then refuse another)")
     first_run = parser.add_argument_group("first run")
     first_run.add_argument("--download-weights", action="store_true",
                            help="download and verify vox-adv-cpk.pth.tar (228 MB), then exit")
@@ -117,6 +135,10 @@ def _run(args: argparse.Namespace, log_file: Path | None) -> int:
         failed = sum(f.status == "FAIL" for f in findings)
         print(f"\n{failed} problem(s) found." if failed else "\nAll set.")
         return 1 if failed else 0
+    if args.serve:
+        from .remote.server import serve  # aiohttp and the server only when serving
+
+        return serve(args)
     return run_live(args, log_file)
 
 
