@@ -1,20 +1,28 @@
-"""The inference stage: one camera frame in, one output frame out, following the live settings."""
+"""The inference thread's work: one camera frame in, one output frame out, through the stages of live/stages/.
+
+:class:`FrameProcessor` only orders the stages and carries out the hotkeys'
+requests; each stage does one job.  The render stage is handed in: the
+generator in this process (:class:`live.stages.render.LocalRender`) or a
+server (``live.remote``); everything else is the same code either way.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
-from engine import Animator, EngineError, FirstOrderModel
+from engine import FirstOrderModel
 
-from .avatars import Avatar, AvatarError, AvatarLibrary
+from .avatars import Avatar, AvatarLibrary
 from .framing import DrivingFramer, FaceDetector
 from .hotkeys import LiveState, Request
-from .pasteback import PasteBack, cover
-from .pose_match import BestReferenceSearch, FaceLandmarks
+from .stages.avatar import AvatarStage
+from .stages.compose import Composer
+from .stages.motion import MotionStage
+from .stages.pose_search import PoseSearchStage
+from .stages.render import LocalRender, RenderStage
 from .status import StatusBoard
 
 
@@ -31,65 +39,52 @@ class Processed:
 
 
 class FrameProcessor:
-    """Frames the face, animates the avatar, and composes the output frame.
+    """Frames the face, moves the avatar's keypoints, renders, and composes the output frame.
 
-    output_size: (width, height) of the output; square: send the bare animated
-    square (resized to the output size) instead of pasting it back;
-    adapt_scale: see :class:`engine.Animator`.  The other motion settings
+    output_size: (width, height) of the output; square: send the bare
+    animated square (resized to the output size) instead of pasting it back;
+    adapt_scale: see :class:`engine.animator.MotionDriver`; render: the render
+    stage (default: the generator here).  The other motion settings
     (relative, movement, smoothing) come with the :class:`LiveState` of each frame.
     """
 
     def __init__(self, model: FirstOrderModel, library: AvatarLibrary, status: StatusBoard,
-                 output_size: tuple[int, int], square: bool = False, adapt_scale: bool = True):
-        self.model = model
-        self.library = library
+                 output_size: tuple[int, int], square: bool = False, adapt_scale: bool = True,
+                 render: RenderStage | None = None):
         self.status = status
-        self.output_size = output_size
-        self.square = square
-        self.side = model.frame_size[0]
-        self.avatar_detector = FaceDetector(long_range=True)
-        self.framer = DrivingFramer(FaceDetector(long_range=False), self.side)
-        self.adapt_scale = adapt_scale
-        self.avatar_index = -1
-        self.avatar: Avatar | None = None
-        self.animator: Animator | None = None
-        self.paste_back: PasteBack | None = None
-        self._landmarks: FaceLandmarks | None = None
-        self._search: BestReferenceSearch | None = None
+        side = model.frame_size[0]
+        self.avatars = AvatarStage(library, status, side)
+        self.framer = DrivingFramer(FaceDetector(long_range=False), side)
+        self.search = PoseSearchStage(status)
+        self.motion = MotionStage(model, status, adapt_scale)
+        self.render = render or LocalRender(model)
+        self.composer = Composer(output_size, square)
+        self._animated: np.ndarray | None = None  # the last rendered square, held while no new one is ready
+        self._last_crop: np.ndarray | None = None
         self._last_frame: np.ndarray | None = None
-        self._unloadable = -1  # an avatar index that failed to load, not retried every frame
-        self.select_avatar(0)
+        self._show(self.avatars.want(0))
 
-    def select_avatar(self, index: int) -> None:
-        """Load avatar ``index``: frames it and re-encodes only the source (the reference pose is kept)."""
-        avatar = self.library.load(index, self.avatar_detector, self.side)
-        if self.animator is None:
-            self.animator = Animator(self.model, avatar.framed.crop, adapt_scale=self.adapt_scale)
-        else:
-            self.animator.set_source(avatar.framed.crop)
-        self.avatar, self.avatar_index, self._unloadable = avatar, index, -1
-        width, height = self.output_size
-        self.paste_back = None if self.square else PasteBack(avatar.photo, avatar.framed.square, width, height)
-        if avatar.framed.face_found:
-            self.status.clear("avatar")
-        else:
-            self.status.set("avatar", f"no face found in avatar {avatar.name}: using its centre")
-        self.status.event(f"avatar {index + 1}/{len(self.library)}: {avatar.name}")
+    @property
+    def avatar(self) -> Avatar:
+        return self.avatars.current
 
     def handle(self, request: Request) -> int | None:
         """Carry out a request from the hotkeys; returns the new number of avatars after a rescan, else None."""
         if request is Request.CALIBRATE:
-            self._search = None
+            self.search.cancel()
             self.calibrate()
         elif request is Request.TOGGLE_SEARCH:
-            if self._search is None:
-                self._start_search()
+            if self.search.running:
+                best = self.search.finish()
+                if best is not None:
+                    crop, distance = best
+                    self.motion.calibrate(crop, f"calibrated on the best-matching pose (distance {distance:.4f})")
             else:
-                self._finish_search()
+                self.search.start(self.avatar.framed.crop)
         elif request is Request.RELOAD_AVATARS:
-            self.library.scan()
-            self.select_avatar(min(self.avatar_index, len(self.library) - 1))
-            return len(self.library)
+            count = self.avatars.reload()
+            self._show(self.avatars.want(self.avatars.index))
+            return count
         return None
 
     def calibrate(self) -> None:
@@ -100,19 +95,13 @@ class FrameProcessor:
         now = time.monotonic()
         if not self.framer.calibrate(self._last_frame, now):
             self.status.event("calibration: no face in view, keeping the crop where it is")
-        crop = self.framer(self._last_frame, now).crop
-        self._calibrate_on(crop, "calibrated on the current pose")
+        self.motion.calibrate(self.framer(self._last_frame, now).crop, "calibrated on the current pose")
 
     def process(self, frame: np.ndarray, state: LiveState) -> Processed:
         """One camera frame (HxWx3 uint8 RGB) -> the output frame and the preview inset."""
-        wanted = min(state.avatar_index, len(self.library) - 1)  # the state may predate a rescan that shrank the folder
-        if wanted not in (self.avatar_index, self._unloadable):
-            try:
-                self.select_avatar(wanted)
-            except AvatarError as error:  # keep animating the current avatar; say why the other one is not shown
-                self._unloadable = wanted
-                self.status.set("avatar", f"{error}; still showing {self.avatar.name}")
-        self._apply_settings(state)
+        self._show(self.avatars.want(state.avatar_index))
+        self.motion.follow(state)
+        self.framer.zoom, self.framer.offset = state.zoom, state.offset
         timings = {}
         start = time.perf_counter()
         framed = self.framer(frame, time.monotonic())
@@ -121,75 +110,38 @@ class FrameProcessor:
             self.status.clear("face", "face found again")
         else:
             self.status.set("face", "no face in view: using the centre of the camera image")
-        if self._search is not None:
-            self._search.offer(framed.crop, self._landmarks(framed.crop))
+        self.search.offer(framed.crop)
         timings["framing"] = _ms(start)
 
-        start = time.perf_counter()
-        width, height = self.output_size
         if state.passthrough:
-            output = cover(frame, width, height)
+            start = time.perf_counter()
+            output = self.composer.passthrough(frame)
         else:
-            keypoints = self.animator.detect(framed.crop)
+            start = time.perf_counter()
+            keypoints = self.motion(framed.crop)
             timings["keypoints"] = _ms(start)
+            animated = self.render.render(keypoints)
+            timings.update(self.render.timings())
+            self._animated = animated if animated is not None else self._animated
             start = time.perf_counter()
-            animated = self.animator.render(keypoints)
-            timings["render"] = _ms(start)
-            start = time.perf_counter()
-            if self.square:
-                output = cv2.resize(animated, (width, height), interpolation=cv2.INTER_LINEAR)
-            else:
-                output = self.paste_back(animated)
-        inset = framed.crop
-        if state.overlay > 0:
-            inset = cv2.addWeighted(self.avatar.framed.crop, state.overlay, framed.crop, 1 - state.overlay, 0)
+            output = self.composer.output(self._animated if self._animated is not None else self.avatar.framed.crop)
+        inset = self.composer.inset(framed.crop, state)
         timings["compose"] = _ms(start)
-        return Processed(output, inset, timings, searching=self._search is not None)
+        return Processed(output, inset, timings, searching=self.search.running)
 
     def close(self) -> None:
-        self.avatar_detector.close()
+        self.avatars.close()
         self.framer.detector.close()
-        if self._landmarks is not None:
-            self._landmarks.close()
+        self.search.close()
+        self.render.close()
 
-    def _apply_settings(self, state: LiveState) -> None:
-        animator = self.animator
-        animator.relative = state.relative
-        if animator.movement != state.movement:
-            animator.movement = state.movement
-        animator.smoothing = state.smoothing
-        self.framer.zoom, self.framer.offset = state.zoom, state.offset
-
-    def _calibrate_on(self, crop: np.ndarray, message: str) -> None:
-        try:
-            self.animator.calibrate(crop)
-        except EngineError as error:
-            self.status.event(f"calibration failed: {error}")
+    def _show(self, avatar: Avatar | None) -> None:
+        """Hand a newly selected avatar to the stages that use it (None: the selection did not change)."""
+        if avatar is None:
             return
-        self.status.event(message)
-
-    def _start_search(self) -> None:
-        if self._landmarks is None:
-            self._landmarks = FaceLandmarks(static_images=False)
-        avatar_landmarks = FaceLandmarks(static_images=True)
-        try:
-            target = avatar_landmarks(self.avatar.framed.crop)
-        finally:
-            avatar_landmarks.close()
-        if target is None:
-            self.status.event("pose search: no face landmarks in the avatar; press X to calibrate by hand")
-            return
-        self._search = BestReferenceSearch(target)
-        self.status.event("pose search: move your head slowly; press F again to use the best match")
-
-    def _finish_search(self) -> None:
-        search, self._search = self._search, None
-        if search is None or search.best_frame is None:
-            self.status.event("pose search: no face seen, reference unchanged")
-            return
-        self._calibrate_on(search.best_frame, f"calibrated on the best-matching pose (distance {search.best_distance:.4f})")
+        self.motion.set_avatar(self.render.set_avatar(avatar.framed.crop))
+        self.composer.set_avatar(avatar)
 
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
-

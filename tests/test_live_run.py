@@ -142,7 +142,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path):
         if tool.poll() is None:
             tool.kill()
     assert tool.returncode == 128 + signal.SIGINT, stderr
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 10.0, "it stops promptly, not after rendering the rest (a loose bound: CI is busy)"
     assert "SIGINT received: finishing the outputs" in stderr and "Traceback" not in stderr
     written = read_video(out)
     assert 0 < len(written) < 600
