@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import io
 import json
 import os
@@ -371,7 +372,10 @@ def measure_alternating(args, names: list[str], checkpoint, device: torch.device
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.chart and importlib.util.find_spec("matplotlib") is None:
+        parser.error('--chart needs matplotlib, which is not installed: pip install -e ".[bench]"')
     if args.compare:
         print(compare_table(load_report(args.compare[0]), load_report(args.compare[1])))
         return 0

@@ -127,8 +127,8 @@ def check_face_models() -> Iterator[Finding]:
         except Exception as error:
             old = tuple(int(part) for part in mediapipe.split(".")[:2] if part.isdigit()) < (1, 2)
             fix = 'pip install "mediapipe>=1.2"' if old else 'reinstall fomm-live: pip install -e ".[dev]"'
-            yield Finding("FAIL", f"face model {name}", f"does not load in mediapipe {mediapipe}: "
-                          f"{str(error).strip().splitlines()[0] if str(error).strip() else repr(error)}", fix)
+            reason = " ".join(str(error).split())[:300] or repr(error)
+            yield Finding("FAIL", f"face model {name}", f"does not load in mediapipe {mediapipe}: {reason}", fix)
         else:
             yield Finding("OK", f"face model {name}", f"loads and runs in mediapipe {mediapipe}")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .face_tasks import FULL_RANGE_MODEL, SHORT_RANGE_MODEL, close_when_python_exits, face_model, mediapipe_image
 from .one_euro import OneEuroFilter
 
 CROP_SCALE = 2.0  # crop side / face-box side: head, hair and a little shoulder, like the training crops
@@ -56,28 +57,30 @@ class Face:
 
 
 class FaceDetector:
-    """mediapipe's face detector (its model ships inside the 0.10.21 wheel: no download).
+    """mediapipe's BlazeFace detector through its Tasks API, from the model files shipped in live/face_models/.
 
     long_range: the full-range model (faces up to 5 m: photos), else the
-    short-range one (within 2 m: webcams).
+    short-range one (within 2 m: webcams).  Each frame is detected on its
+    own (image mode), as mediapipe's legacy FaceDetection did.
     """
 
     def __init__(self, long_range: bool = False, min_score: float = 0.5):
-        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
 
-        self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=1 if long_range else 0, min_detection_confidence=min_score
-        )
+        model = face_model(FULL_RANGE_MODEL if long_range else SHORT_RANGE_MODEL)
+        options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=model),
+                                             running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_score)
+        self._detector = vision.FaceDetector.create_from_options(options)
+        close_when_python_exits(self)
 
     def detect(self, image: np.ndarray) -> Face | None:
         """The most confident face in an HxWx3 uint8 RGB image, or None."""
-        result = self._detector.process(image)
+        result = self._detector.detect(mediapipe_image(image))
         if not result.detections:
             return None
-        best = max(result.detections, key=lambda d: d.score[0])
-        box = best.location_data.relative_bounding_box
-        height, width = image.shape[:2]
-        return Face(box.xmin * width, box.ymin * height, box.width * width, box.height * height, best.score[0])
+        best = max(result.detections, key=lambda detection: detection.categories[0].score)
+        box = best.bounding_box
+        return Face(box.origin_x, box.origin_y, box.width, box.height, best.categories[0].score)
 
     def close(self) -> None:
         self._detector.close()

@@ -69,10 +69,11 @@ def quiet_libraries(verbose: bool) -> None:
     """Keep OpenCV's, FFmpeg's (PyAV) and mediapipe's own log lines off the terminal unless ``verbose``."""
     import cv2
 
+    set_log_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 5 moved it
     if verbose:
-        cv2.setLogLevel(OPENCV_LOG_INFO)
+        set_log_level(OPENCV_LOG_INFO)
         return
-    cv2.setLogLevel(OPENCV_LOG_SILENT)
+    set_log_level(OPENCV_LOG_SILENT)
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET: OpenCV's own FFmpeg build

@@ -10,24 +10,46 @@ from __future__ import annotations
 
 import numpy as np
 
+from .face_tasks import LANDMARKER_MODEL, close_when_python_exits, face_model, mediapipe_image
+
+MESH_LANDMARKS = 468  # the bundle appends 10 copies for the Tasks graph's 478 slots: dropped
+# Video mode's clock: one frame at 30 fps per call.  A fixed step keeps results independent of the wall clock;
+# mediapipe smooths the landmarks of calls a millisecond apart, and passes them through at 33 ms.
+FRAME_MS = 33
+
 
 class FaceLandmarks:
-    """mediapipe's face mesh (468 landmarks; the model ships inside the 0.10.21 wheel)."""
+    """mediapipe's face mesh (468 landmarks) through its Tasks FaceLandmarker, from the bundle in live/face_models/.
+
+    static_images: every image is searched for a face on its own (the avatar);
+    else the face is tracked from one call to the next (video mode, the webcam).
+    """
 
     def __init__(self, static_images: bool):
-        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=static_images, max_num_faces=1)
+        mode = vision.RunningMode.IMAGE if static_images else vision.RunningMode.VIDEO
+        options = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=face_model(LANDMARKER_MODEL)),
+                                               running_mode=mode, num_faces=1)
+        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        close_when_python_exits(self)
+        self._static = static_images
+        self._timestamp_ms = 0
 
     def __call__(self, image: np.ndarray) -> np.ndarray | None:
-        """Nx2 landmark positions of the face in an RGB uint8 image, in [0, 1] image units; None without a face."""
-        result = self._mesh.process(image)
-        if not result.multi_face_landmarks:
+        """468x2 float64 landmark positions of the face in an HxWx3 uint8 RGB image, in [0, 1] image units, or None."""
+        frame = mediapipe_image(image)
+        if self._static:
+            result = self._landmarker.detect(frame)
+        else:
+            self._timestamp_ms += FRAME_MS
+            result = self._landmarker.detect_for_video(frame, self._timestamp_ms)
+        if not result.face_landmarks:
             return None
-        return np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)
+        return np.array([(p.x, p.y) for p in result.face_landmarks[0][:MESH_LANDMARKS]], dtype=np.float64)
 
     def close(self) -> None:
-        self._mesh.close()
+        self._landmarker.close()
 
 
 def normalised(landmarks: np.ndarray) -> np.ndarray:

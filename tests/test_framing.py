@@ -36,6 +36,17 @@ def test_avatar_of_any_size_is_cropped_around_its_face(detector, small_inputs):
     assert framed.square.size == pytest.approx(2 * max(face.width, face.height), rel=0.02)
 
 
+def test_crops_are_those_of_mediapipe_0_10_21(detector, small_inputs):
+    """The squares mediapipe 0.10.21's legacy FaceDetection gave (cx, cy, side), measured before the move to Tasks."""
+    photo = place(small_inputs["source"], 900, 700, 380, 120, 300)
+    square = frame_avatar(photo, detector, 256).square
+    assert np.allclose((square.cx, square.cy, square.size), (495.6, 236.0, 200.1), atol=2)
+    framer = DrivingFramer(FaceDetector(long_range=False), 256)
+    first = framer(place(small_inputs["source"], 480, 640, 170, 90, 300), 0.0).square
+    assert np.allclose((first.cx, first.cy, first.size), (285.1, 209.3, 189.6), atol=2)
+    framer.detector.close()
+
+
 def test_photo_without_a_face_falls_back_to_its_centre(detector):
     blank = np.full((300, 500, 3), 128, np.uint8)
     framed = frame_avatar(blank, detector, 256)
