@@ -144,7 +144,7 @@ def test_trickling_server_stalls_and_the_bytes_received_are_kept(tmp_path):
     kept = partial_of(destination).stat().st_size
     assert 1_000_000 < kept < 1_000_100 and partial_of(destination).read_bytes() == WEIGHTS[:kept]
     message = str(error.value)
-    assert re.search(rf"stalled: \d+ bytes in the last \d+ s \(less than 64 KiB\), after {kept:,} bytes in all", message)
+    assert re.search(rf"stalled: [\d,]+ bytes in the last \d+ s \(less than 64 KiB\), after {kept:,} bytes in all", message)
     assert f"The {kept:,} bytes received are kept in {partial_of(destination)}" in message
     assert not destination.exists()
 
