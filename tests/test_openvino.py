@@ -18,7 +18,7 @@ from engine import load_model  # noqa: E402
 from engine.backends import BackendUnavailable  # noqa: E402
 from engine.backends import openvino as backend_module  # noqa: E402
 from engine.backends.openvino import OpenVinoBackend, openvino_core, runtime_precisions  # noqa: E402
-from engine.backends.openvino_int8 import QualityGate  # noqa: E402
+from engine.backends.openvino_int8 import QualityGate, stored_reports  # noqa: E402
 
 from .test_backends import CHECKPOINT, CONFIG, HALF_PRECISION_BOUNDS, TOLERANCE, frames_of  # noqa: E402
 
@@ -171,6 +171,9 @@ def test_int8_failing_the_gate_when_built_is_refused_and_not_kept(home, monkeypa
     assert not list((home / "compiled").glob("openvino-render-*.blob"))  # only the float32 keypoint detector kept
     (report_path,) = (home / "compiled").glob("openvino-render-*.quality.json")
     assert json.loads(report_path.read_text())["max_keypoint_error"] > 0
+    (line,) = stored_reports(home / "compiled")
+    assert re.fullmatch(r"int8 against float32 on 8 held-out face frames: worst PSNR \d+\.\d dB, keypoint error \S+, \d+ "
+                        r"ms per frame: refused: keypoint error \S+ > 0 \(openvino-render-\w+\.blob\.quality\.json\)", line)
 
     import nncf
 

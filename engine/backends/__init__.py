@@ -20,7 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import EngineError
-from .base import Backend, BackendUnavailable
+from .base import PRECISIONS, Backend, BackendUnavailable
 
 if TYPE_CHECKING:
     from ..model import FirstOrderModel
@@ -40,7 +40,7 @@ AUTO_ORDER = {  # fastest first (benchmarks/RESULTS.md)
     "cpu": ("openvino", "onnxruntime", "eager"),
 }
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "BackendUnavailable", "backend_class", "select_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "PRECISIONS", "Backend", "BackendUnavailable", "backend_class", "select_backend"]
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -213,6 +213,24 @@ def read_report(path: Path) -> dict | None:
         return None
 
 
+def stored_reports(compiled_dir: Path) -> list[str]:
+    """One line per int8 quality report in the artifact cache's ``compiled`` folder (for ``--doctor``), newest first."""
+    lines = []
+    reports = sorted(compiled_dir.glob("openvino-render-*.quality.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in reports:
+        report = read_report(path)
+        if report is None:
+            lines.append(f"{path.name}: unreadable (measured again on the next int8 start)")
+            continue
+        gate = QualityGate(**report.get("gate", {}))
+        failures = gate.failures(report)
+        verdict = f"refused: {'; '.join(failures)}" if failures else "passed"
+        lines.append(f"int8 against float32 on {report.get('held_out_frames', '?')} held-out face frames: worst PSNR "
+                     f"{report['worst_psnr_db']:.1f} dB, keypoint error {report['max_keypoint_error']:.2g}, "
+                     f"{report.get('ms_per_frame', float('nan')):.0f} ms per frame: {verdict} ({path.name})")
+    return lines
+
+
 def refuse_if_failing(gate: QualityGate, quality: dict, report_path: Path) -> None:
     failures = gate.failures(quality)
     if failures:
