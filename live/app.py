@@ -30,11 +30,15 @@ from .preflight import PreflightError, check_output_path, check_some_output
 from .preview import PreviewWindow
 from .processor import FrameProcessor
 from .signals import StopRequested, on_stop_signals, raise_stop
+from .remote.client import RemoteError, RemoteRenderer
+from .remote.protocol import keypoint_detector_fingerprint
+from .remote.tokens import TokenError, client_token
 from .sinks import Sink, SinkError, VirtualCamera
+from .stages.remote_render import RemoteRender
 from .status import StatusBoard
 from .video_file import VideoFile
 
-USER_ERRORS = (EngineError, AvatarError, CameraError, SinkError, PreflightError)
+USER_ERRORS = (EngineError, AvatarError, CameraError, SinkError, PreflightError, RemoteError, TokenError)
 
 
 @dataclass
@@ -114,8 +118,11 @@ def _start(args: argparse.Namespace, status: StatusBoard, cleanup: contextlib.Ex
     model = load_model(checked.config, checked.checkpoint, device=args.device, backend=args.backend,
                        precision=args.precision)
     status.event(model.describe())
+    render = _connect(args, model, status, checked.offline) if args.remote else None
+    if render is not None:
+        cleanup.callback(render.close)
     processor = FrameProcessor(model, checked.library, status, (width, height), square=args.square,
-                               adapt_scale=args.adapt_scale)
+                               adapt_scale=args.adapt_scale, render=render)
     cleanup.callback(processor.close)
     if checked.output is not None:
         source = checked.source
@@ -128,3 +135,12 @@ def _start(args: argparse.Namespace, status: StatusBoard, cleanup: contextlib.Ex
                       smoothing=args.smoothing)
     return Pipeline(checked.source, processor, sinks, status, state, preview=preview, offline=checked.offline,
                     max_frames=args.max_frames, commands=queue.Queue(), key_action=action_for_key)
+
+
+def _connect(args: argparse.Namespace, model, status: StatusBoard, offline: bool) -> RemoteRender:
+    """The render stage on the server ``--remote`` names: connected, or RemoteError / TokenError saying why not."""
+    client = RemoteRenderer(args.remote, client_token(args.token_file), fingerprint=args.fingerprint,
+                            model_fingerprint=keypoint_detector_fingerprint(model))
+    client.start()
+    status.event(f"rendering on {args.remote}: only the avatar and keypoints leave this machine")
+    return RemoteRender(client, model, status, in_order=offline)

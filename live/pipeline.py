@@ -43,6 +43,10 @@ from .status import StatusBoard
 log = logging.getLogger(__name__)
 
 END = object()  # marks the end of a finite stream in the queues
+HOLDING_MESSAGES = {  # conditions under which the output repeats its last frame, and what it says on it
+    "camera": "camera lost: reconnecting...",
+    "render": "render server lost: reconnecting...",
+}
 
 
 class LatestQueue:
@@ -351,9 +355,10 @@ class Pipeline:
         if self.state.mirror:
             frame = frame[:, ::-1]
         frame = np.ascontiguousarray(frame)
-        if self.status.has("camera"):  # the output holds the last frame, saying why
+        holding = [message for key, message in HOLDING_MESSAGES.items() if self.status.has(key)]
+        if holding:  # the output holds the last frame, saying why
             frame = frame.copy()
-            draw_message(frame, "camera lost: reconnecting...")
+            draw_message(frame, holding[0])
         start = time.perf_counter()
         delivered = True
         for sink in list(self.sinks):
@@ -394,7 +399,7 @@ class Pipeline:
             stats = self.statistics
             stages = "  ".join(f"{name} {ms:.0f}" for name, ms in stats.timings.items())
             draw_lines(view, [
-                f"{stats.fps:5.1f} FPS   dropped {self.captured.dropped + self.rendered.dropped}",
+                f"{stats.fps:5.1f} FPS   dropped {self.captured.dropped + self.rendered.dropped + rendered.processed.render_dropped}",
                 f"ms: {stages}",
                 f"avatar {state.avatar_index + 1}/{state.avatar_count}  {'relative' if state.relative else 'absolute'}"
                 f"  movement {state.movement:.1f}  smoothing {state.smoothing:.1f}  zoom {state.zoom:.2f}"

@@ -30,12 +30,13 @@ from .status import StatusBoard
 class Processed:
     """output: the frame for the sinks (HxWx3 uint8 RGB at the output size); inset: the camera crop as the
     model saw it, with the avatar overlaid at the overlay opacity; timings: milliseconds per stage;
-    searching: whether a pose search (key F) is running."""
+    searching: whether a pose search (key F) is running; render_dropped: what the render stage's link dropped."""
 
     output: np.ndarray
     inset: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     searching: bool = False
+    render_dropped: int = 0
 
 
 class FrameProcessor:
@@ -127,7 +128,7 @@ class FrameProcessor:
             output = self.composer.output(self._animated if self._animated is not None else self.avatar.framed.crop)
         inset = self.composer.inset(framed.crop, state)
         timings["compose"] = _ms(start)
-        return Processed(output, inset, timings, searching=self.search.running)
+        return Processed(output, inset, timings, searching=self.search.running, render_dropped=self.render.dropped())
 
     def close(self) -> None:
         self.avatars.close()

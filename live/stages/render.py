@@ -2,7 +2,7 @@
 
 Every render stage offers the same three calls, so the processor never
 knows where rendering happens: :class:`LocalRender` runs the generator in
-this process; ``live.remote.render_stage.RemoteRender`` asks a server.
+this process; :class:`live.stages.remote_render.RemoteRender` asks a server.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class RenderStage(Protocol):
     def timings(self) -> dict[str, float]:
         """Milliseconds of the last render, by part (for the HUD)."""
 
+    def dropped(self) -> int:
+        """Frames or keypoints dropped on the way (a remote link's newest-wins), for the HUD."""
+
     def close(self) -> None: ...
 
 
@@ -48,6 +51,9 @@ class LocalRender:
 
     def timings(self) -> dict[str, float]:
         return {"render": self._milliseconds}
+
+    def dropped(self) -> int:
+        return 0
 
     def close(self) -> None:
         pass
