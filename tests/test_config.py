@@ -27,7 +27,8 @@ def test_every_released_config_is_shipped():
 def test_released_architecture_matches_the_checkpoints(name):
     model = load_model(CONFIGS / f"{name}.yaml", None, fuse_layers=False)
     assert model.frame_size == (256, 256)
-    # Sizes of the released networks (FACTS.md): 14.2 M and 45.6 M parameters, 37.7 M in dense motion.
+    # Sizes of the released networks, counted from vox-adv-cpk.pth.tar: 14.2 M and 45.6 M parameters, 37.7 M in dense
+    # motion.
     assert millions(model.kp_detector) == pytest.approx(14.2, abs=0.1)
     assert millions(model.generator) == pytest.approx(45.6, abs=0.05)
     assert millions(model.generator.dense_motion_network) == pytest.approx(37.7, abs=0.05)
