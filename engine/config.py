@@ -288,10 +288,12 @@ def _check_fits_frame(config: "ModelConfig") -> None:
                 f"{where} does not fit {section}: {scaled}{blocks_key} {blocks} need a height and width that are "
                 f"multiples of {step:,}" + (" (the frame would shrink to nothing)" if step > max(height, width) else "")
             )
-    heatmap = min(height, width) // round(1 / kp.scale_factor) + 2 * kp.pad - 6
-    if heatmap < 2:
-        raise ConfigError(f"{where} is too small for kp_detector_params: scale_factor {kp.scale_factor:g} and pad "
-                          f"{kp.pad} leave heatmaps of {heatmap} pixel(s); expected at least 2")
+    seen = (height // round(1 / kp.scale_factor), width // round(1 / kp.scale_factor))
+    needed = 8 - 2 * kp.pad  # 7x7 convolutions, then heatmaps of at least 2x2
+    if min(seen) < needed:
+        raise ConfigError(f"{where} is too small for kp_detector_params: after scale_factor {kp.scale_factor:g} the "
+                          f"detector sees {seen[0]}x{seen[1]} pixels, and its 7x7 output convolutions (pad {kp.pad}) "
+                          f"need at least {needed}x{needed}")
 
 
 def _require_mapping(value: Any, where: str) -> Mapping[str, Any]:

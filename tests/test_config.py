@@ -109,11 +109,15 @@ def dataset(value):
                                                 r"num_blocks 5 need a height and width that are multiples of 128"),
         (dataset({"frame_shape": [320, 256, 3]}), r"frame_shape 320x256 does not fit kp_detector_params"),
         (dataset([256, 256, 3]), r"config 'broken': dataset_params: expected a mapping, found list"),
+        (lambda d: (kp(scale_factor=1 / 64, num_blocks=1)(d), dataset({"frame_shape": [128, 128, 3]})(d)),
+         r"frame_shape 128x128 is too small for kp_detector_params: after scale_factor 0.015625 the detector sees 2x2 "
+         r"pixels, and its 7x7 output convolutions \(pad 0\) need at least 8x8"),
     ],
     ids=["no-model-params", "unknown-key", "missing-key", "wrong-type", "num-kp-0", "num-kp-float", "grey",
          "jacobian-not-bool", "temperature-0", "temperature-nan", "temperature-inf", "kp-block-expansion-0", "pad",
          "scale-1e-9", "scale-2", "generator-block-expansion-0", "down-blocks-12", "bottleneck-negative", "bad-scale",
-         "variance-inf", "bad-shape", "grey-frame", "frame-too-small", "frame-not-divisible", "dataset-list"],
+         "variance-inf", "bad-shape", "grey-frame", "frame-too-small", "frame-not-divisible", "dataset-list",
+         "heatmaps-vanish"],
 )
 def test_invalid_config_is_a_clear_error(tmp_path, mutate, message):
     with pytest.raises(ConfigError, match=message):
