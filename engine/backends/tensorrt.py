@@ -106,7 +106,9 @@ def is_resource_error(error: BaseException) -> bool:
     error whose message says out of memory) and the file system (``OSError``:
     a full disk, a permission) count; conversion and export errors do not.
     """
-    while error is not None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
         if isinstance(error, (MemoryError, OSError, torch.cuda.OutOfMemoryError)) or _OUT_OF_MEMORY.search(str(error)):
             return True
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
