@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import EngineError, load_model
-from engine.config import ModelConfig
+from engine.config import ModelConfig, config_path, released_models
 from engine.weights import find_checkpoint
 
 from .avatars import AvatarError, AvatarLibrary
@@ -85,8 +85,11 @@ def check_options(args: argparse.Namespace) -> Checked:
     library = AvatarLibrary(args.source)
     output = check_output_path(args.output, args.camera) if args.output else None
     source = open_camera(args.camera)
-    config = ModelConfig.from_yaml(args.config)
-    checkpoint = find_checkpoint(args.checkpoint)
+    config = ModelConfig.from_yaml(config_path(args.config))
+    if args.checkpoint is None and config.name not in released_models():
+        raise PreflightError(f"--config {args.config} is not a released model, so there are no released weights for "
+                             "it: pass --checkpoint PATH")
+    checkpoint = find_checkpoint(args.checkpoint, model=config.name)
     height, width = config.frame_size
     size = args.output_size or ((width, height) if args.square else (1280, 720))
     return Checked(library, source, output, config, checkpoint, size, offline=not source.realtime and args.no_preview)

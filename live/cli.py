@@ -19,7 +19,7 @@ from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vox-adv-256.yaml"
+DEFAULT_MODEL = "vox-adv-256"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_live.py",
         description="Animate an avatar with your webcam and stream it to a virtual camera.",
     )
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="FOMM model config (default: %(default)s)")
+    parser.add_argument("--config", default=DEFAULT_MODEL,
+                        help="a released model's name (its config ships with the tool) or a FOMM YAML config "
+                        "(default: %(default)s)")
     parser.add_argument(
         "--checkpoint",
         help=f"model weights, .pth.tar or .safetensors (default: the first found of {default_checkpoint_path()} "
