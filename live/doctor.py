@@ -171,7 +171,7 @@ def check_cache() -> Iterator[Finding]:
                       "set FOMM_LIVE_HOME to a writable directory")
         return
     copies = sorted((root / "safetensors").glob("*.safetensors"))
-    compiled = sorted(p for p in (root / "compiled").glob("*-*.*") if p.is_file() and p.suffix != ".failed")
+    compiled = sorted(p for p in (root / "compiled").glob("*-*.*") if p.is_file() and p.suffix not in (".failed", ".sha256"))
     failed_builds = sorted((root / "compiled").glob("*.failed"))
     provider_engines = sorted(p for p in (root / "compiled" / "onnxruntime-tensorrt").glob("*") if p.is_file())
     size = sum(p.stat().st_size for p in copies + compiled + provider_engines) / 2**20

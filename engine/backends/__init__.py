@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import EngineError
@@ -51,7 +50,7 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str | None = None,
-                   log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Backend:
+                   log: Callable[[str], None] = logging.getLogger(__name__).warning) -> Backend:
     """Build backend ``name`` for ``model`` (``auto``: the fastest that works here, each failure logged).
 
     Raises :class:`BackendUnavailable` when the named backend (or, for auto, every backend) cannot run,
