@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from engine.backends import BACKENDS, backend_class
+from engine.backends.artifacts import digest_path
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
 
 from .sinks import V4L2LOOPBACK_FIX
@@ -171,7 +172,9 @@ def check_cache() -> Iterator[Finding]:
                       "set FOMM_LIVE_HOME to a writable directory")
         return
     copies = sorted((root / "safetensors").glob("*.safetensors"))
-    compiled = sorted(p for p in (root / "compiled").glob("*-*.*") if p.is_file() and p.suffix not in (".failed", ".sha256"))
+    # An artifact is what a backend built and recorded the digest of; anything else there (a timing cache, a
+    # build cut short, an entry whose digest was lost and that will be rebuilt) is not counted.
+    compiled = sorted(p for p in (root / "compiled").glob("*") if p.is_file() and digest_path(p).is_file())
     failed_builds = sorted((root / "compiled").glob("*.failed"))
     provider_engines = sorted(p for p in (root / "compiled" / "onnxruntime-tensorrt").glob("*") if p.is_file())
     size = sum(p.stat().st_size for p in copies + compiled + provider_engines) / 2**20

@@ -97,20 +97,28 @@ def test_missing_explicit_weights_names_the_path(tmp_path):
     assert f"looked at: {tmp_path / 'mine.pth.tar'}" in result.stderr
 
 
-def test_doctor_counts_every_kind_of_cached_artifact(tmp_path, monkeypatch):
+def test_doctor_counts_the_artifacts_the_backends_built_and_nothing_else(tmp_path, monkeypatch):
+    from engine.backends.artifacts import build_atomically
     from live.doctor import check_cache
 
     home = tmp_path / "home"
     monkeypatch.setenv("FOMM_LIVE_HOME", str(home))
-    for name in ("safetensors/w.safetensors", "compiled/onnx-render-1.onnx", "compiled/tensorrt-render-2.ep",
-                 "compiled/onnxruntime-tensorrt/TensorrtExecutionProvider_graph_3.engine"):
-        (home / name).parent.mkdir(parents=True, exist_ok=True)
-        (home / name).write_bytes(b"x" * 2**20)
-    (home / "compiled" / "tensorrt-timing-cache.bin").write_bytes(b"x" * 2**20)
+    mebibyte = b"x" * 2**20
+    counted = [home / "safetensors" / "w.safetensors",
+               home / "compiled" / "onnxruntime-tensorrt" / "TensorrtExecutionProvider_graph_3.engine"]
+    for path in counted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(mebibyte)
+    for name in ("onnx-render-1.onnx", "tensorrt-render-2.pt2"):  # built as the backends build them, digest and all
+        build_atomically(home / "compiled" / name, lambda temporary: temporary.write_bytes(mebibyte))
+    not_artifacts = ["tensorrt-timing-cache.bin", ".onnx-render-9-abc.tmp.onnx", "onnx-keypoints-4.onnx"]
+    for name in not_artifacts:  # a timing cache, a build cut short, an entry whose digest is gone (rebuilt on use)
+        (home / "compiled" / name).write_bytes(mebibyte)
     (finding,) = check_cache()
     assert finding.status == "OK"
-    assert ("1 safetensors weight copies, 4 compiled artifacts (onnx, onnxruntime-tensorrt, tensorrt), 5 MiB"
-            in finding.detail)
+    # From the set-up: 1 copy; 2 built artifacts and 1 provider engine; 4 files of 1 MiB counted.
+    assert "1 safetensors weight copies, 3 compiled artifacts (onnx, onnxruntime-tensorrt, tensorrt), 4 MiB" \
+        in finding.detail, finding.detail
 
 
 def test_doctor_names_a_remembered_tensorrt_failure_and_how_to_retry(tmp_path, monkeypatch):
