@@ -81,7 +81,7 @@ def resolve(python: str, extras: str, work: Path) -> tuple[str, str, dict[str, s
     except RuntimeError as error:
         return python, resolver, None, str(error), time.monotonic() - start
     report = work / f"report-{python}.json"
-    command = [*pip, "install", "--dry-run", "--quiet", "--use-feature=fast-deps",
+    command = [*pip, "install", "--dry-run", "--use-feature=fast-deps",
                "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
                *[flag for platform in PLATFORMS for flag in ("--platform", platform)],
                "--target", str(work / f"target-{python}"), "--ignore-installed", "--report", str(report),
@@ -90,9 +90,8 @@ def resolve(python: str, extras: str, work: Path) -> tuple[str, str, dict[str, s
     seconds = time.monotonic() - start
     if result.returncode != 0:
         errors = [line for line in (result.stdout + result.stderr).splitlines()
-                  if line.strip() and "is ignored: it is neither a file nor a directory" not in line
-                  and "fast-deps" not in line]
-        return python, resolver, None, "\n".join(errors[-15:]), seconds
+                  if line.startswith("ERROR") or "depends on" in line or "conflict is caused" in line]
+        return python, resolver, None, "\n".join(errors[-40:]), seconds
     installs = json.loads(report.read_text())["install"]
     resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installs}
     return python, resolver, resolved, "", seconds
