@@ -29,7 +29,7 @@ import flatbuffers
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-WHEEL_FILES = {  # path inside mediapipe-0.10.21's wheel: sha256 (identical in its Linux, macOS and Windows wheels)
+WHEEL_FILES = {  # path inside the mediapipe 0.10.21 wheel (manylinux_2_28_x86_64, cp311): sha256
     "mediapipe/modules/face_detection/face_detection_short_range.tflite":
         "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
     "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite":
