@@ -79,9 +79,17 @@ def test_doctor_verifies_the_weights(tmp_path):
     assert "--download-weights" in line["fix"]
 
 
+def inputs_of_a_first_run(folder: Path) -> list[str]:
+    """An avatar and a driving video: everything a first run needs but the weights."""
+    from .live_media import driving_frames, write_avatar, write_video
+
+    return ["--source", str(write_avatar(folder / "avatar.png")), "--camera",
+            str(write_video(folder / "driving.mp4", driving_frames(2))), "--no-preview", "--output", str(folder / "out.mp4")]
+
+
 def test_missing_weights_is_one_message_not_a_traceback(tmp_path):
     home = tmp_path / "home"
-    result = run_tool(home=home, cwd=tmp_path)
+    result = run_tool(*inputs_of_a_first_run(tmp_path), home=home, cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     message = result.stderr.strip()
@@ -92,7 +100,8 @@ def test_missing_weights_is_one_message_not_a_traceback(tmp_path):
 
 
 def test_missing_explicit_weights_names_the_path(tmp_path):
-    result = run_tool("--checkpoint", str(tmp_path / "mine.pth.tar"), home=tmp_path / "home", cwd=tmp_path)
+    result = run_tool("--checkpoint", str(tmp_path / "mine.pth.tar"), *inputs_of_a_first_run(tmp_path),
+                      home=tmp_path / "home", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"looked at: {tmp_path / 'mine.pth.tar'}" in result.stderr
 
