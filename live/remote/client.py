@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import threading
 import time
@@ -492,6 +493,7 @@ def _describe(error: BaseException | None) -> str:
     if isinstance(error, asyncio.TimeoutError):
         return "timed out"
     if isinstance(error, aiohttp.ClientConnectorError) and error.os_error is not None:
-        return (error.os_error.strerror or str(error.os_error)).lower()
-    text = str(error) or type(error).__name__
-    return text
+        error = error.os_error
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno).lower()  # "connection refused", not "Connect call failed ('1.2.3.4', 8765)"
+    return str(error) or type(error).__name__
