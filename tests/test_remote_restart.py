@@ -1,4 +1,5 @@
-"""The render server killed and restarted under a running client; how it starts, stops and refuses to start."""
+"""The render server killed and restarted under a running client; how it starts, stops, refuses to start, and
+serves plain ws:// on loopback."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import numpy as np
 
-from live.remote.client import RemoteRenderer
+from live.remote.client import RemoteError, RemoteRenderer
 from live.remote.tls import certificate_fingerprint
 
 from .live_media import REPO, astronaut
@@ -110,3 +111,27 @@ def test_serve_refuses_unsafe_or_inconsistent_options_before_loading_the_model(t
     result = run_serve("--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "k.pem"), home=tmp_path)
     assert result.returncode == 1 and "cannot use the certificate" in result.stderr and "loading" not in result.stderr
     assert not (tmp_path / "server" / "cert.pem").exists()
+
+
+def test_plain_websocket_on_loopback_for_a_tls_terminating_proxy(tmp_path):
+    server = ServerProcess(tmp_path / "home", free_port(), "--no-tls", "--max-sessions", "1").start()
+    try:
+        assert server.url == f"ws://127.0.0.1:{server.port}/v1/session" and server.fingerprint is None
+        client = RemoteRenderer(server.url, server.token, known_hosts=tmp_path / "known.json")
+        client.start(timeout=30)
+        try:
+            client.set_avatar(np.ascontiguousarray(astronaut()))
+            _wait(lambda: client.submit(*motion(1)) and client.latest() is not None, 60, "frame over ws://", client)
+            second = RemoteRenderer(server.url, server.token, known_hosts=tmp_path / "known.json")
+            try:
+                second.start(timeout=30)
+            except RemoteError as error:
+                assert "the server is full: 1 of 1 sessions in use" in str(error)
+            else:
+                raise AssertionError("a second session was accepted with --max-sessions 1")
+        finally:
+            client.close()
+        assert not (tmp_path / "known.json").exists()  # no certificate, nothing to remember
+        assert not (tmp_path / "home" / "server" / "cert.pem").exists()
+    finally:
+        assert server.stop() == 0, server.log()
