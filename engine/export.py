@@ -92,7 +92,9 @@ def _example_inputs(model: FirstOrderModel) -> tuple[torch.Tensor, SourceState, 
     height, width = model.frame_size
     frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
     keypoints = model.kp_detector(frame)
-    return frame, model.generator.encode_source(frame, keypoints), keypoints
+    # Driving keypoints distinct from the source's (the source state holds those very tensors): an exporter may merge
+    # an input passed twice into one.
+    return frame, model.generator.encode_source(frame, keypoints), Keypoints(*(tensor.clone() for tensor in keypoints))
 
 
 @contextlib.contextmanager

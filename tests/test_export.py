@@ -102,3 +102,16 @@ def test_exporting_leaves_the_callers_modules_as_they_were(fused, tmp_path):
     changed = [name for name in before if not (torch.equal(before[name], after[name]) if isinstance(before[name], torch.Tensor)
                                                else before[name] == after[name])]
     assert changed == []
+
+
+def test_every_input_of_the_compiled_render_graph_is_read(small_model):
+    """torch.export merges a tensor passed twice into one input: the TensorRT render graph once read the source
+    keypoints as the driving ones (its example inputs were the same tensors), and rendered every frame unmoved."""
+    from engine.backends.tensorrt import export_graph, graph_to_compile
+
+    program = export_graph(*graph_to_compile(small_model, "render"))
+    user_inputs = program.graph_signature.user_inputs
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    assert len(user_inputs) == 7, user_inputs
+    unread = [name for name in user_inputs if not placeholders[name].users]
+    assert not unread, f"inputs the graph never reads: {unread}"

@@ -68,8 +68,10 @@ def graph_to_compile(model, part: str) -> Graph:
         if part == "keypoints":
             return FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (frame.half(),)
         source = model.generator.encode_source(frame, keypoints)
+    # The driving keypoints are copies: the source state holds the very same tensors, and torch.export merges an
+    # input passed twice into one, which would leave the compiled render reading the source keypoints as driving.
     return (FlatRender(copy.deepcopy(model.render_step).half()),
-            (*flatten_source(cast_source(source, torch.float16)), *keypoints))
+            (*flatten_source(cast_source(source, torch.float16)), *(tensor.clone() for tensor in keypoints)))
 
 
 def graphs_to_compile(model) -> dict[str, Graph]:
