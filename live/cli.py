@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine import EngineError
 from engine.backends import BACKENDS
-from engine.backends.base import DTYPES
+from engine.backends import PRECISIONS
 from engine.weights import DEFAULT_CHECKPOINT_MD5, DEFAULT_WEIGHTS_URLS, default_checkpoint_path, download_weights, file_md5
 
 from .app import run_live
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                         help="inference backend (default: %(default)s, the fastest that works here)")
-    parser.add_argument("--precision", choices=sorted(DTYPES),
+    parser.add_argument("--precision", choices=sorted(PRECISIONS),
                         help="float32, or float16 / bfloat16 on a GPU (default: the backend's own)")
     live = parser.add_argument_group("live")
     live.add_argument("--source", help="avatar: an image, or a folder of images (keys 1-9, A/D switch)")

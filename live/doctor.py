@@ -22,6 +22,7 @@ import torch
 
 from engine.backends import BACKENDS, backend_class
 from engine.backends.artifacts import digest_path
+from engine.backends.openvino_int8 import stored_reports
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
 
 from .sinks import V4L2LOOPBACK_FIX
@@ -182,6 +183,9 @@ def check_cache() -> Iterator[Finding]:
     compiled += provider_engines
     yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {len(compiled)} compiled "
                   f"artifacts{' (' + ', '.join(kinds) + ')' if kinds else ''}, {size:.0f} MiB)")
+    for report in stored_reports(root / "compiled"):
+        yield Finding("WARN" if "refused" in report else "OK", "int8 quality", report,
+                      "the int8 model was refused: run with --precision bfloat16 or float32" if "refused" in report else "")
     if failed_builds:
         yield Finding("WARN", "cache", f"{len(failed_builds)} TensorRT build(s) failed before and are skipped until their "
                       f"library versions change: {failed_builds[0].read_text().strip()[:200]}",

@@ -142,3 +142,22 @@ def test_doctor_names_a_remembered_tensorrt_failure_and_how_to_retry(tmp_path, m
     assert "0 compiled artifacts" in ok.detail
     assert warning.status == "WARN" and "RuntimeError: no converter for aten.bogus" in warning.detail
     assert warning.fix == f"delete {marker} to try again"
+
+
+def test_doctor_shows_the_int8_quality_figures_stored_beside_the_models(tmp_path, monkeypatch):
+    import json
+
+    from live.doctor import check_cache
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(home))
+    (home / "compiled").mkdir(parents=True)
+    figures = {"held_out_frames": 8, "worst_psnr_db": 41.5, "max_keypoint_error": 0.0, "ms_per_frame": 130.0}
+    (home / "compiled" / "openvino-render-a.blob.quality.json").write_text(json.dumps(figures))
+    (home / "compiled" / "openvino-render-b.blob.quality.json").write_text(json.dumps({**figures, "worst_psnr_db": 21.0}))
+    lines = [finding for finding in check_cache() if finding.topic == "int8 quality"]
+    assert sorted(line.status for line in lines) == ["OK", "WARN"]
+    passed = next(line for line in lines if line.status == "OK")
+    assert "worst PSNR 41.5 dB" in passed.detail and "8 held-out face frames" in passed.detail
+    refused = next(line for line in lines if line.status == "WARN")
+    assert "21.0 dB" in refused.detail and "refused" in refused.detail and refused.fix
