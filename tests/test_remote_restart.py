@@ -69,8 +69,8 @@ def test_client_reconnects_and_frames_flow_again_after_the_server_is_killed_and_
         assert sequences == sorted(set(sequences))  # never an older frame after a newer one
         # A clean stop: sessions are told the server is going away, the exit status is 0.
         assert second.stop(signal.SIGTERM) == 0, second.log()
-        _wait(lambda: any("the server is shutting down" in s for s in statuses), 10, "the client told of the shutdown",
-              client)
+        _wait(lambda: not client.connected, 10, "disconnection", client)
+        assert client.disconnect_reason == "the server is shutting down", (client.disconnect_reason, second.log())
         assert "stopping: closing 1 session(s)" in second.log()
     finally:
         stop.set()

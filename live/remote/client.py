@@ -121,6 +121,7 @@ class RemoteRenderer:
         self.server_message: str | None = None  # the last non-fatal error the server sent (e.g. a rejected avatar)
         self.frame_size: tuple[int, int] | None = None  # (height, width), from the server's welcome
         self.session: int | None = None
+        self.disconnect_reason: str | None = None  # why the last established connection ended
         self.dropped_up = self.dropped_down = 0
         self.bytes_up = self.bytes_down = 0
         self.frames_received = 0
@@ -243,7 +244,7 @@ class RemoteRenderer:
             attempt = 0
             while not self._closing:
                 try:
-                    reason = await self._connection(http)
+                    reason = self.disconnect_reason = await self._connection(http)
                     attempt = 0
                 except RemoteError as error:
                     if not self._first_result.is_set():
@@ -424,18 +425,24 @@ class RemoteRenderer:
 
     async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         """Frames and replies until the connection ends; returns why it ended."""
-        async for message in ws:
+        code = None
+        while True:
+            message = await ws.receive()
             if message.type == aiohttp.WSMsgType.BINARY:
                 self._on_frame(message.data)
             elif message.type == aiohttp.WSMsgType.TEXT:
                 self.bytes_down += len(message.data)
                 self._on_text(message.data)
+            else:
+                # The code the server sent, not ws.close_code: a server that drops the connection right after its
+                # close frame makes our answer fail, and aiohttp then reports 1006.
+                code = message.data if message.type == aiohttp.WSMsgType.CLOSE else ws.close_code
+                break
         if self._closing:
             return "closed"
         if self._fatal:
             reason, self._fatal = self._fatal, None
             return f"the server closed the session: {reason}"
-        code = ws.close_code
         if code == aiohttp.WSCloseCode.GOING_AWAY:
             return "the server is shutting down"
         return f"the connection was lost (close code {code}{', ' + _describe(ws.exception()) if ws.exception() else ''})"

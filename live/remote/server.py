@@ -78,6 +78,7 @@ class RenderServer:
         self.worker = RenderWorker(model)
         self.sessions: dict[int, Session] = {}
         self.sockets: set[web.WebSocketResponse] = set()
+        self.stopping = False
         self.app = web.Application()
         self.app.router.add_get(SESSION_PATH, self._session)
         self.app.router.add_get("/v1/health", self._health)
@@ -133,6 +134,8 @@ class RenderServer:
             return await self._refuse(ws, f"the client's keypoint detector weights (sha256 {hello.model[:16]}...) "
                                           f"differ from the server's ({self.fingerprint[:16]}...): run the client "
                                           "with the same --config and --checkpoint as the server")
+        if self.stopping:
+            return await self._refuse(ws, "the server is stopping")
         if len(self.sessions) >= self.max_sessions:
             return await self._refuse(ws, f"the server is full: {len(self.sessions)} of {self.max_sessions} "
                                           "sessions in use (--max-sessions); try again later")
@@ -172,7 +175,9 @@ class RenderServer:
                         break
                     session.outbox.put_control(encode_text(ServerError(f"message dropped: {error}", False)))
             else:
-                if ws.close_code not in (None, WSCloseCode.OK, WSCloseCode.GOING_AWAY):
+                if self.stopping:
+                    why = "the server is stopping"
+                elif ws.close_code not in (None, WSCloseCode.OK, WSCloseCode.GOING_AWAY):
                     why = f"closed with code {ws.close_code} ({ws.exception() or 'no heartbeat or bad frame'})"
         finally:
             sender.cancel()
@@ -214,6 +219,7 @@ class RenderServer:
 
     async def close_all(self) -> None:
         """Close every session with 1001 (going away): clients reconnect."""
+        self.stopping = True
         await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
                                for ws in list(self.sockets)), return_exceptions=True)
 
@@ -282,7 +288,10 @@ async def _run(server: RenderServer, args, ssl_context, token: str, token_file: 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signal_number, stop.set)
+        try:
+            loop.add_signal_handler(signal_number, stop.set)
+        except NotImplementedError:  # Windows: a plain handler that wakes the loop
+            signal.signal(signal_number, lambda *_: loop.call_soon_threadsafe(stop.set))
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_context, shutdown_timeout=2.0)

@@ -5,8 +5,9 @@ kind: the newest avatar and the newest keypoints (an older pending one is
 replaced and counted as stale: newest wins).  One render thread owns the
 model and serves the sessions that have work round-robin, one job per turn,
 so every session gets the same share of the model however fast its client
-sends.  It takes the whole ready list each round, which is where rendering
-several sessions as one batch would go.
+sends.  Batching would go in :meth:`RenderWorker._run`: take the keypoints of
+every ready session at once and render them as one batch (their source
+states stacked along the batch dimension), then hand each its frame.
 
 Frames and replies leave through the session's :class:`Outbox` on the
 event loop, which holds at most the newest frame (a slow link drops stale
