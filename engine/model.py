@@ -14,6 +14,7 @@ from .config import ModelConfig, released_models
 from .generator import Generator, SourceState
 from .keypoint_detector import KeypointDetector
 from .motion import Keypoints
+from .speed import cpu_speed
 from .weights import cache_root, find_checkpoint
 from .weights_cache import StateDicts, WeightsCache
 
@@ -91,7 +92,7 @@ class FirstOrderModel:
             where = "the CPU"
         line = f"{self.config.name} on {where}: backend {self.backend.name}, {self.backend.precision}"
         if device.type == "cpu":
-            line += " -- WARNING: no GPU in use, expect 1 to 5 frames per second (see run_live.py --doctor)"
+            line += f" -- no GPU in use: {cpu_speed(self.backend.name, self.backend.precision)}"
         return line
 
     def to(self, device: str | torch.device) -> "FirstOrderModel":

@@ -23,6 +23,7 @@ import torch
 from engine.backends import BACKENDS, backend_class
 from engine.backends.artifacts import digest_path
 from engine.backends.openvino_int8 import stored_reports
+from engine.speed import END_TO_END_FPS, MEASURED_ON
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
 
 from .sinks import V4L2LOOPBACK_FIX
@@ -135,6 +136,10 @@ def check_face_models() -> Iterator[Finding]:
             yield Finding("OK", f"face model {name}", f"loads and runs in mediapipe {mediapipe}")
 
 
+CPU_SPEED = (f"measured {max(END_TO_END_FPS.values()):g} frames per second at best, "
+             f"{' / '.join(f'{b} {p} {fps:g}' for (b, p), fps in END_TO_END_FPS.items())}, on {MEASURED_ON}")
+
+
 def check_torch_device() -> Iterator[Finding]:
     build = f"torch {torch.__version__} (CUDA {torch.version.cuda})" if torch.version.cuda else \
         f"torch {torch.__version__} (CPU-only build)"
@@ -144,10 +149,10 @@ def check_torch_device() -> Iterator[Finding]:
             yield Finding("OK", f"gpu cuda:{index}", f"{props.name}, compute capability {props.major}.{props.minor}, "
                           f"{props.total_memory / 2**30:.1f} GiB; {build}")
     elif torch.version.cuda:
-        yield Finding("WARN", "gpu", f"no CUDA device visible to {build}: the tool will run on the CPU, about 1 FPS",
+        yield Finding("WARN", "gpu", f"no CUDA device visible to {build}: the tool will run on the CPU ({CPU_SPEED})",
                       "check the NVIDIA driver with nvidia-smi")
     else:
-        yield Finding("WARN", "gpu", f"{build}: the tool will run on the CPU, about 1 FPS",
+        yield Finding("WARN", "gpu", f"{build}: the tool will run on the CPU ({CPU_SPEED})",
                       "on a machine with an NVIDIA GPU, install the CUDA build of torch")
 
 
