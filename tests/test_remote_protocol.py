@@ -109,7 +109,7 @@ def test_avatar_pixel_bombs_wrong_sizes_and_non_png_are_refused_before_decoding(
         decode_avatar_png(_png_header(128, 96), FRAME)
     with pytest.raises(ProtocolError, match="does not decode"):
         decode_avatar_png(_png_header(256, 256), FRAME)  # claims the right size, holds no pixels
-    ok, jpeg = cv2.imencode(".jpg", np.zeros((256, 256, 3), np.uint8))
+    _, jpeg = cv2.imencode(".jpg", np.zeros((256, 256, 3), np.uint8))
     with pytest.raises(ProtocolError, match="expected a PNG file"):
         decode_avatar_png(jpeg.tobytes(), FRAME)
     grey = cv2.imencode(".png", np.zeros((256, 256), np.uint8))[1].tobytes()

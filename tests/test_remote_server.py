@@ -65,7 +65,7 @@ class ServerProcess:
         self.stderr: list[str] = []
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180) -> "ServerProcess":
+    def start(self, timeout: float = 180) -> ServerProcess:
         env = {**os.environ, "FOMM_LIVE_HOME": str(self.home), "OMP_NUM_THREADS": "1"}
         self.stdout, self.stderr = [], []
         self.process = subprocess.Popen(

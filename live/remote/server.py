@@ -152,7 +152,6 @@ class RenderServer:
         log.warning("refused a session: %s", why)
         await ws.send_str(encode_text(ServerError(why, fatal=True)))
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"refused")
-        return None
 
     async def _serve_session(self, ws: web.WebSocketResponse, session: Session) -> None:
         sender = asyncio.create_task(self._send_loop(ws, session.outbox))
