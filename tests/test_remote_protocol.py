@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
+import time
 import zlib
 
 import cv2
@@ -268,3 +270,17 @@ def test_client_checks_what_the_caller_submits(tmp_path):
     # Before start, submissions wait; a newer one replaces the one waiting (newest wins), and is counted.
     assert client.submit(*keypoints()) == 1 and client.submit(*keypoints()) == 2
     assert client.dropped_up == 1
+
+
+def test_start_says_when_nothing_answers_at_that_address(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = RemoteRenderer(f"wss://127.0.0.1:{port}/v1/session", "t" * 20, known_hosts=tmp_path / "known.json",
+                            reconnect_delays=(0.2,))
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match=f"cannot reach the render server at wss://127.0.0.1:{port}/v1/session: "
+                                          "connection refused"):
+        client.start(timeout=1.0)
+    assert time.monotonic() - started < 3.0 and not client.connected
+    assert not (tmp_path / "known.json").exists()

@@ -50,6 +50,15 @@ def test_client_reconnects_and_frames_flow_again_after_the_server_is_killed_and_
     second = None
     try:
         _wait(lambda: len(frames) >= 3, 60, "frames from the first server", client)
+        # A server that hangs (its sockets open, nothing answered) is noticed by the heartbeat, like a dead one.
+        first.process.send_signal(signal.SIGSTOP)
+        hung_at = time.monotonic()
+        _wait(lambda: not client.connected, 10, "the client noticing a hung server", client)
+        assert time.monotonic() - hung_at < 10 and "the connection was lost" in client.disconnect_reason
+        first.process.send_signal(signal.SIGCONT)
+        resumed_at = len(frames)
+        _wait(lambda: len(frames) >= resumed_at + 3, 60, "frames after the server resumed", client)
+        assert client.reconnects == 1
         first.process.kill()
         first.process.wait()
         killed_at = len(frames)
@@ -64,7 +73,7 @@ def test_client_reconnects_and_frames_flow_again_after_the_server_is_killed_and_
         _wait(lambda: len(frames) >= killed_at + 3, 60, "frames from the restarted server", client)
         # The restarted server knew nothing of the avatar: frames mean the client sent it again on its own.
         assert "keypoints before any avatar" not in second.log()
-        assert client.connected and client.reconnects == 1 and client.error is None
+        assert client.connected and client.reconnects == 2 and client.error is None
         sequences = [f.sequence for f in frames]
         assert sequences == sorted(set(sequences))  # never an older frame after a newer one
         # A clean stop: sessions are told the server is going away, the exit status is 0.
