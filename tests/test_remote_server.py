@@ -13,6 +13,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -458,6 +459,33 @@ def _fuzz_messages(rng: random.Random, model_fingerprint: str, avatar: np.ndarra
             yield encode_keypoints(rng.randrange(1, 2**63), *motion(rng.randrange(100)))  # valid
 
 
+async def _raw_fuzzer(server: ServerProcess, rng: random.Random, connections: int) -> None:
+    """Below the WebSocket: random bytes instead of TLS, and broken HTTP requests inside TLS."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    upgrade = (f"GET /v1/session HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+               f"Authorization: Bearer {server.token}\r\n\r\n").encode()
+    for index in range(connections):
+        try:
+            if index % 2:
+                _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(rng.randbytes(rng.randrange(1, 2000)))
+            else:
+                _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
+                choice = rng.randrange(3)
+                if choice == 0:
+                    writer.write(upgrade[: rng.randrange(len(upgrade))])  # cut short
+                elif choice == 1:
+                    writer.write(upgrade + rng.randbytes(rng.randrange(1, 500)))  # garbage where frames go
+                else:
+                    writer.write(b"GET /" + b"a" * rng.randrange(10, 20000) + b" HTTP/1.1\r\n\r\n")
+            await writer.drain()
+            writer.close()
+        except (OSError, ssl.SSLError):
+            pass
+
+
 async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
     async for _ in ws:
         pass
@@ -519,7 +547,8 @@ def test_fuzzing_never_stops_a_well_behaved_session(server, model, avatar, known
         deadline = started + 25
 
         async def fuzz():
-            await asyncio.wait_for(asyncio.gather(fuzzer(1, 3000, deadline), fuzzer(2, 3000, deadline)), 60)
+            await asyncio.wait_for(asyncio.gather(fuzzer(1, 3000, deadline), fuzzer(2, 3000, deadline),
+                                                  _raw_fuzzer(server, random.Random(3), 200)), 60)
 
         asyncio.run(fuzz())
         fuzzed_until = time.monotonic()

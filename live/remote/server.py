@@ -27,6 +27,7 @@ from collections import deque
 from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .addresses import is_loopback
 from .protocol import (
@@ -58,6 +59,18 @@ HELLO_TIMEOUT_S = 10.0
 MALFORMED_LIMIT = 20  # this many malformed messages within MALFORMED_WINDOW_S close the session
 MALFORMED_WINDOW_S = 10.0
 CLOSE_MALFORMED = WSCloseCode.POLICY_VIOLATION
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs every malformed HTTP request (a scanner, random bytes, a client gone mid-request) with a
+    traceback; on a public port that floods the terminal.  Those become one debug line; anything else stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (HttpProcessingError, ConnectionError)):
+            log.debug("dropped a bad request: %s", str(error).strip() or type(error).__name__)
+            return False
+        return True
 
 
 class ServeError(RuntimeError):
@@ -101,7 +114,10 @@ class RenderServer:
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text=f"{SESSION_PATH} is a WebSocket endpoint\n")
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:  # the client left before the upgrade was answered: nothing to send, nothing to log
+            return web.Response()
         self.sockets.add(ws)
         try:
             session = await self._handshake(ws, address)
@@ -244,6 +260,7 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     log.info("%s", model.describe())
     server = RenderServer(model, token, args.max_sessions)
+    logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
     try:
         return asyncio.run(_run(server, args, ssl_context, token, token_file, fingerprint))
     except ServeError as error:
