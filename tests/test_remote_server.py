@@ -332,6 +332,30 @@ def test_bad_avatars_are_answered_with_errors_and_the_session_survives(server, m
     server.wait_for_log(rf"session \d+ closed: .*Message size {MAX_AVATAR_BYTES + 9} exceeds limit", timeout=10)
 
 
+def test_the_server_renders_only_the_newest_of_a_burst(server, model, avatar):
+    async def scenario() -> list[int]:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(server.url, headers={"Authorization": f"Bearer {server.token}"},
+                                       ssl=False) as ws:
+                await ws.send_str(encode_text(Hello(PROTOCOL_VERSION, keypoint_detector_fingerprint(model))))
+                session = (await ws.receive_json(timeout=10))["session"]
+                await ws.send_bytes(encode_avatar(1, avatar))
+                assert (await ws.receive_json(timeout=60))["type"] == "avatar"
+                for sequence in range(1, 21):  # far faster than one render
+                    await ws.send_bytes(encode_keypoints(sequence, *motion(sequence)))
+                rendered = []
+                while not rendered or rendered[-1] != 20:
+                    frame = await ws.receive(timeout=60)
+                    rendered.append(struct.unpack_from("<Q", frame.data, 4)[0])
+                return session, rendered
+
+    session, rendered = asyncio.run(scenario())
+    assert rendered == sorted(rendered) and len(rendered) <= 4, rendered  # the first one or two, then the newest
+    stale = int(server.wait_for_log(rf"session {session} closed: .*; {len(rendered)} frames rendered, (\d+) stale",
+                                    timeout=10).group(1))
+    assert stale == 20 - len(rendered)
+
+
 def test_a_session_that_keeps_sending_malformed_messages_is_closed(server, model):
     async def scenario():
         async with aiohttp.ClientSession() as http:
