@@ -2,18 +2,19 @@
 
 The start-up line and ``run_live.py --doctor`` name the end-to-end speed measured for the backend and
 precision in use, with the machine it was measured on; ``python run_live.py --benchmark`` measures this one.
-Source: ``benchmarks/RESULTS.md``, section "OpenVINO on the CPU" (the live tool's FrameProcessor, a 1280x720
-camera frame in and out, vox-adv-256).  Update both together.
+Source: ``benchmarks/RESULTS.md``, section "The FPS benchmark on the AMX Xeon" (the live tool's FrameProcessor, a
+1280x720 camera frame in and out, vox-adv-256; raw report ``benchmarks/results/cpu-intel-xeon-amx-2core.json``).
+Update both together.
 """
 
 from __future__ import annotations
 
-MEASURED_ON = "a 2-vCPU Intel Xeon with AMX (a cloud VM, busy with other work: an idle one is faster)"
+MEASURED_ON = "a 2-vCPU Intel Xeon with AMX (a cloud VM)"
 END_TO_END_FPS = {  # (backend, precision) -> frames per second, camera frame in to output frame out
-    ("openvino", "int8"): 4.6,
-    ("openvino", "bfloat16"): 3.4,
-    ("openvino", "float32"): 0.84,
-    ("onnxruntime", "float32"): 0.99,
+    ("openvino", "int8"): 8.5,
+    ("openvino", "bfloat16"): 6.5,
+    ("openvino", "float32"): 1.4,
+    ("onnxruntime", "float32"): 1.9,
 }
 
 
