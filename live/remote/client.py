@@ -252,8 +252,10 @@ class RemoteRenderer:
                         self._first_result.set()
                         return
                     self.error = reason = str(error)
-                except _Transient as error:
-                    reason = str(error)
+                except Exception as error:  # _Transient, or unforeseen
+                    if not isinstance(error, _Transient):  # keep the session alive; the story goes to the log
+                        log.exception("remote rendering: the connection failed")
+                    reason = str(error) or type(error).__name__
                     if not self._first_result.is_set() and time.monotonic() >= self._deadline:
                         self._first_error = f"cannot reach the render server at {self.url}: {reason}"
                         self._first_result.set()
