@@ -69,11 +69,17 @@ def read_safetensors(path: Path) -> dict[str, dict[str, torch.Tensor]]:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from None
+    return split_networks(tensors, str(path))
+
+
+def split_networks(tensors: Mapping[str, torch.Tensor], where: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Tensors named ``generator.<key>`` and ``kp_detector.<key>`` -> the two state dicts; raises
+    :class:`CheckpointError` (naming ``where``) for a tensor of neither."""
     state_dicts: dict[str, dict[str, torch.Tensor]] = {network: {} for network in NETWORKS}
     for name, tensor in tensors.items():
         network, _, key = name.partition(".")
         if network not in state_dicts:
-            raise CheckpointError(f"{path}: unexpected tensor {name!r}; expected names starting with {NETWORKS}")
+            raise CheckpointError(f"{where}: unexpected tensor {name!r}; expected names starting with {NETWORKS}")
         state_dicts[network][key] = tensor
     return state_dicts
 

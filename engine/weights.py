@@ -90,7 +90,16 @@ def find_checkpoint(explicit: str | Path | None = None, *, model: str = DEFAULT_
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
+    return file_digest(path, "md5")
+
+
+def file_sha256(path: Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks (``algorithm``: a hashlib name)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(CHUNK_BYTES), b""):
             digest.update(chunk)

@@ -39,8 +39,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .checkpoint import NETWORKS
+from .checkpoint import split_networks
 from .config import ModelConfig
+from .errors import CheckpointError
+from .weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +213,10 @@ def read_entry(entry: Path, checkpoint_sha256: str) -> StateDicts:
     if tensors_sha256(tensors) != metadata.get("tensors_sha256"):
         raise BadEntry("its tensors do not match the sha256 written when it was made: "
                        "a changed byte, or a tensor missing or added")
-    state_dicts: StateDicts = {network: {} for network in NETWORKS}
-    for name, tensor in tensors.items():
-        network, _, key = name.partition(".")
-        if network not in state_dicts:
-            raise BadEntry(f"unexpected tensor {name!r}")
-        state_dicts[network][key] = tensor
-    return state_dicts
+    try:
+        return split_networks(tensors, "the entry")
+    except CheckpointError as error:
+        raise BadEntry(str(error)) from None
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -255,14 +254,6 @@ def file_signature(path: Path) -> str:
             stream.seek(offset)
             samples.update(stream.read(SAMPLE_BYTES))
     return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}:{samples.hexdigest()[:16]}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_atomically(path: Path, data: bytes) -> None:

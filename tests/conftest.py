@@ -90,3 +90,14 @@ def pytest_configure(config: pytest.Config) -> None:
     home = tempfile.mkdtemp(prefix="fomm-live-test-home-")
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     os.environ["FOMM_LIVE_HOME"] = home
+
+
+@pytest.fixture()
+def pinned_home(tmp_path, monkeypatch):
+    """A fresh cache; the engine's sources fingerprinted once, so that an edit in the working tree while the test
+    runs cannot change the artifact keys between two starts."""
+    from engine.backends import artifacts
+
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(artifacts, "code_fingerprint", lambda fingerprint=artifacts.code_fingerprint(): fingerprint)
+    return tmp_path / "home"

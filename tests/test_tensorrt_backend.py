@@ -56,12 +56,8 @@ class StandInTorchTensorRT:
 
 
 @pytest.fixture()
-def home(tmp_path, monkeypatch):
-    """A fresh cache; the engine's sources fingerprinted once, so that an edit in the working tree while the test
-    runs cannot change the key between two starts."""
-    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(artifacts, "code_fingerprint", lambda fingerprint=artifacts.code_fingerprint(): fingerprint)
-    return tmp_path / "home"
+def home(pinned_home):
+    return pinned_home
 
 
 def start(monkeypatch, stand_in: StandInTorchTensorRT):

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 
-from ..weights import cache_root
+from ..weights import cache_root, file_sha256
 from .base import BackendUnavailable, weights_fingerprint
 
 if TYPE_CHECKING:
@@ -88,14 +88,6 @@ def artifact_path(kind: str, suffix: str, key: dict[str, str], **extra: str) -> 
 def digest_path(path: Path) -> Path:
     """Where the sha256 of ``path`` is kept: ``<path>.sha256``."""
     return path.with_name(path.name + DIGEST_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def unverified_reason(path: Path) -> str | None:
