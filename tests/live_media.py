@@ -12,8 +12,10 @@ import numpy as np
 from .conftest import SMALL_PARITY_DIR
 
 REPO = Path(__file__).resolve().parent.parent
+# The small fixture model on the eager backend: these runs test the tool around the model, and auto would build
+# the OpenVINO (or ONNX) graphs of every fresh cache first, 10 to 20 s a run.
 MODEL_ARGS = ["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--checkpoint",
-              str(SMALL_PARITY_DIR / "checkpoint.pth.tar")]
+              str(SMALL_PARITY_DIR / "checkpoint.pth.tar"), "--backend", "eager"]
 
 
 def astronaut() -> np.ndarray:

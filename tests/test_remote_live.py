@@ -19,7 +19,7 @@ import pytest
 from .live_media import MODEL_ARGS, REPO, driving_frames, read_video, write_avatar, write_video
 from .test_remote_server import ServerProcess, free_port
 
-CLIENT_ARGS = [*MODEL_ARGS, "--backend", "eager", "--no-preview", "--square"]
+CLIENT_ARGS = [*MODEL_ARGS, "--no-preview", "--square"]
 
 
 def client_command(server: ServerProcess, *args: str) -> list[str]:

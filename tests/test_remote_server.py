@@ -48,7 +48,7 @@ from live.remote.tls import KnownServers
 from .conftest import SMALL_PARITY_DIR
 from .live_media import MODEL_ARGS, REPO, astronaut
 
-SERVER_ARGS = [*MODEL_ARGS, "--backend", "eager", "--device", "cpu"]
+SERVER_ARGS = [*MODEL_ARGS, "--device", "cpu"]
 
 
 def free_port() -> int:
