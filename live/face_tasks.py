@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures.thread  # noqa: F401  (see the last line)
+import io
 import threading
 import weakref
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +19,8 @@ import numpy as np
 FACE_MODELS = Path(__file__).resolve().parent / "face_models"
 SHORT_RANGE_MODEL = "face_detection_short_range.tflite"  # faces within about 2 m: webcams
 FULL_RANGE_MODEL = "face_detection_full_range_sparse.tflite"  # faces up to about 5 m: photos
-LANDMARKER_MODEL = "face_landmarker.task"  # face detector + 468-landmark mesh, built by build_face_models.py
+LANDMARKER_MODEL = "face_landmarks_detector.tflite"  # the 468-landmark mesh, adapted by build_face_models.py
+BUNDLE_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so the bundle's bytes depend on the models only
 
 
 def face_model(name: str) -> bytes:
@@ -27,6 +30,17 @@ def face_model(name: str) -> bytes:
         raise FileNotFoundError(f"face model {path} is missing: fomm-live was installed without its package data; "
                                 'reinstall it with pip install -e ".[dev]" from the repository root')
     return path.read_bytes()
+
+
+def landmarker_bundle() -> bytes:
+    """The .task zip the Tasks FaceLandmarker loads: the short-range detector and the mesh, assembled here from
+    the shipped models (the detector is not shipped twice)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for member, name in (("face_detector.tflite", SHORT_RANGE_MODEL),
+                             ("face_landmarks_detector.tflite", LANDMARKER_MODEL)):
+            archive.writestr(zipfile.ZipInfo(member, date_time=BUNDLE_DATE), face_model(name))
+    return out.getvalue()
 
 
 def mediapipe_image(image: np.ndarray):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .face_tasks import LANDMARKER_MODEL, close_when_python_exits, face_model, mediapipe_image
+from .face_tasks import close_when_python_exits, landmarker_bundle, mediapipe_image
 
 MESH_LANDMARKS = 468  # the bundle appends 10 copies for the Tasks graph's 478 slots: dropped
 # Video mode's clock: one frame at 30 fps per call.  A fixed step keeps results independent of the wall clock;
@@ -29,7 +29,7 @@ class FaceLandmarks:
         from mediapipe.tasks.python import BaseOptions, vision
 
         mode = vision.RunningMode.IMAGE if static_images else vision.RunningMode.VIDEO
-        options = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=face_model(LANDMARKER_MODEL)),
+        options = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=landmarker_bundle()),
                                                running_mode=mode, num_faces=1)
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
         close_when_python_exits(self)

@@ -7,6 +7,7 @@ for which no CPU build of torch is at hand: `pytest --noconftest tests/test_face
 from __future__ import annotations
 
 import hashlib
+import io
 import importlib.metadata
 import platform
 import re
@@ -51,9 +52,10 @@ def test_every_shipped_model_is_the_one_its_readme_names():
 
 
 def test_landmarker_bundle_holds_the_detector_and_the_mesh():
-    with zipfile.ZipFile(FACE_MODELS / LANDMARKER_MODEL) as bundle:
+    with zipfile.ZipFile(io.BytesIO(face_tasks.landmarker_bundle())) as bundle:
         assert bundle.namelist() == ["face_detector.tflite", "face_landmarks_detector.tflite"]
         assert bundle.read("face_detector.tflite") == (FACE_MODELS / SHORT_RANGE_MODEL).read_bytes()
+        assert bundle.read("face_landmarks_detector.tflite") == (FACE_MODELS / LANDMARKER_MODEL).read_bytes()
 
 
 @pytest.mark.parametrize("long_range", [False, True])
@@ -125,7 +127,7 @@ def test_a_missing_model_says_how_to_reinstall(tmp_path, monkeypatch):
     monkeypatch.setattr(face_tasks, "FACE_MODELS", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"face model .*face_detection_short_range.tflite is missing.*pip install"):
         FaceDetector()
-    with pytest.raises(FileNotFoundError, match=r"face_landmarker.task is missing"):
+    with pytest.raises(FileNotFoundError, match=r"face_detection_short_range.tflite is missing"):
         FaceLandmarks(static_images=True)
 
 

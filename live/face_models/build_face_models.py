@@ -7,8 +7,8 @@
 
 Writes, next to this script (byte for byte the same on every run):
 - face_detection_short_range.tflite, face_detection_full_range_sparse.tflite: copied unchanged.
-- face_landmarker.task: the bundle mediapipe's Tasks FaceLandmarker loads, a zip holding face_detector.tflite
-  (the short-range detector, as legacy FaceMesh used) and face_landmarks_detector.tflite.  The latter is
+- face_landmarks_detector.tflite: the mesh of the Tasks FaceLandmarker's bundle (live/face_tasks.py zips it with
+  the short-range detector, as legacy FaceMesh used, when it loads).  It is
   face_landmark.tflite (468 landmarks) with two operations appended, because the Tasks graph decodes its
   landmark tensor as 478 points (the newer model's 468 + 10 iris points) and would misread 1404 values as
   478 points of 2 values each: the landmark output becomes concat(out, out[..., :30]), i.e. the 468 landmarks
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import io
 import sys
 import zipfile
 from pathlib import Path
@@ -38,7 +37,6 @@ WHEEL_FILES = {  # path inside the mediapipe 0.10.21 wheel (manylinux_2_28_x86_6
         "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
 }
 MESH_LANDMARKS, TASKS_LANDMARKS = 468, 478
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that the bundle is reproducible
 
 
 def schema(table: str):
@@ -230,15 +228,6 @@ def landmarks_for_tasks(model_bytes: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-def task_bundle(detector: bytes, landmarks: bytes) -> bytes:
-    """The .task zip the Tasks FaceLandmarker reads: stored (not deflated), fixed dates and order."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in (("face_detector.tflite", detector), ("face_landmarks_detector.tflite", landmarks)):
-            archive.writestr(zipfile.ZipInfo(name, date_time=ZIP_DATE), data)
-    return out.getvalue()
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_file():
         print(__doc__, file=sys.stderr)
@@ -247,8 +236,7 @@ def main(argv: list[str]) -> int:
     outputs = {
         "face_detection_short_range.tflite": files["face_detection_short_range.tflite"],
         "face_detection_full_range_sparse.tflite": files["face_detection_full_range_sparse.tflite"],
-        "face_landmarker.task": task_bundle(files["face_detection_short_range.tflite"],
-                                            landmarks_for_tasks(files["face_landmark.tflite"])),
+        "face_landmarks_detector.tflite": landmarks_for_tasks(files["face_landmark.tflite"]),
     }
     for name, data in outputs.items():
         (HERE / name).write_bytes(data)
