@@ -23,6 +23,12 @@ from .model import FirstOrderModel
 from .motion import Keypoints, MotionReference, make_motion_reference, smooth_keypoints, transfer_motion
 
 
+def keypoints_of(model: FirstOrderModel, image: np.ndarray, what: str) -> Keypoints:
+    """The keypoints of one image (HxWx3 uint8, or float32 in [0, 1], at the model's frame size; ``what`` names it
+    in errors): 1xKx2 float32 in [-1, 1] and 1xKx2x2, on the model's device."""
+    return model.detect_keypoints(image_to_tensor(image, model.frame_size, model.device, what))
+
+
 class MotionDriver:
     """Driving keypoints, transferred onto the avatar's.
 
@@ -91,21 +97,14 @@ class MotionDriver:
         self._source = keypoints
         self._update_motion_reference()
 
-    def source_keypoints(self, image: np.ndarray) -> Keypoints:
-        """The keypoints of an avatar image (HxWx3 uint8, or float32 in [0, 1], at the model's frame size)."""
-        tensor = image_to_tensor(image, self.model.frame_size, self.model.device, "source image")
-        return self.model.detect_keypoints(tensor)
-
     def calibrate(self, driving_frame: np.ndarray) -> None:
         """Take this driving frame (HxWx3 at the model's frame size) as the reference pose.  May be called at any time."""
-        tensor = image_to_tensor(driving_frame, self.model.frame_size, self.model.device, "calibration frame")
         self._previous = None
-        self._set_reference(self.model.detect_keypoints(tensor))
+        self._set_reference(keypoints_of(self.model, driving_frame, "calibration frame"))
 
     def detect(self, driving_frame: np.ndarray) -> Keypoints:
         """The driving frame's keypoints (the first frame ever becomes the reference)."""
-        tensor = image_to_tensor(driving_frame, self.model.frame_size, self.model.device, "driving frame")
-        driving = self.model.detect_keypoints(tensor)
+        driving = keypoints_of(self.model, driving_frame, "driving frame")
         if self._reference is None:
             self._set_reference(driving)
         return driving

@@ -162,7 +162,7 @@ def quantize_render(backend: "OpenVinoBackend"):
     try:
         import nncf
     except ImportError:
-        raise BackendUnavailable(f"int8 needs nncf, which is not installed: pip install -e \".[openvino]\"") from None
+        raise BackendUnavailable("int8 needs nncf, which is not installed: pip install -e \".[openvino]\"") from None
     model = backend.model
     samples, _ = render_inputs(model, driving_frames(face_photo(model.frame_size), CALIBRATION_FRAMES, seed=0))
     graph = backend.convert_render()

@@ -22,10 +22,6 @@ class MotionStage:
         """The avatar's keypoints (1xKx2, 1xKx2x2 float32), from the render stage that encoded it."""
         self.driver.set_source_keypoints(keypoints)
 
-    def avatar_keypoints(self, crop: np.ndarray) -> Keypoints:
-        """The keypoints of an avatar crop (side x side x 3 uint8 RGB), computed here."""
-        return self.driver.source_keypoints(crop)
-
     def follow(self, state: LiveState) -> None:
         driver = self.driver
         driver.relative = state.relative

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from engine import FirstOrderModel, Keypoints
-from engine.images import image_to_tensor
+from engine.animator import keypoints_of
 
 from ..remote.client import RemoteRenderer
 from ..status import StatusBoard
@@ -48,8 +48,7 @@ class RemoteRender:
 
     def set_avatar(self, crop: np.ndarray) -> Keypoints:
         self.client.set_avatar(crop)
-        tensor = image_to_tensor(crop, self.model.frame_size, self.model.device, "avatar")
-        return self.model.detect_keypoints(tensor)
+        return keypoints_of(self.model, crop, "avatar")
 
     def render(self, keypoints: Keypoints) -> np.ndarray | None:
         value, jacobian = keypoints.value[0].cpu().numpy(), keypoints.jacobian[0].cpu().numpy()
