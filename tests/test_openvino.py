@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,10 +22,12 @@ from engine import load_model  # noqa: E402
 from engine.backends import BackendUnavailable  # noqa: E402
 from engine.backends import openvino as backend_module  # noqa: E402
 from engine.backends.openvino import OpenVinoBackend, openvino_core, runtime_precisions  # noqa: E402
-from engine.backends.openvino_int8 import QualityGate, stored_reports  # noqa: E402
+from engine.backends import openvino_int8  # noqa: E402
+from engine.backends.openvino_int8 import FacePair, QualityGate, face_pairs, pair_frames, stored_reports  # noqa: E402
 
 from .test_backends import CHECKPOINT, CONFIG, HALF_PRECISION_BOUNDS, TOLERANCE, frames_of  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 BF16_NATIVE = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
@@ -137,7 +143,8 @@ def test_int8_is_gated_on_held_out_faces_and_its_figures_stored(home, small_inpu
     model = load_model(CONFIG, CHECKPOINT, backend="openvino", precision="int8")
     (report_path,) = (home / "compiled").glob("openvino-render-*.blob.quality.json")
     report = json.loads(report_path.read_text())
-    assert report["held_out_frames"] == 8 and report["gate"] == {"min_psnr_db": 30.0, "max_keypoint_error": 1e-3}
+    held_out = sum(len(pair.frames) for pair in pair_frames(model.frame_size, held_out=True))
+    assert report["held_out_frames"] == held_out == 8 and report["gate"] == {"min_psnr_db": 30.0, "max_keypoint_error": 1e-3}
     assert 30.0 <= report["worst_psnr_db"] <= report["mean_psnr_db"] < 100
     assert report["max_keypoint_error"] < 1e-4  # the keypoint detector stays float32
     assert model.backend.quality["worst_psnr_db"] == report["worst_psnr_db"]
@@ -199,3 +206,116 @@ def test_missing_openvino_names_the_extra(monkeypatch):
         'openvino is not installed: pip install -e ".[openvino]"')
     with pytest.raises(BackendUnavailable, match=r"backend 'openvino' does not run on cuda"):
         OpenVinoBackend.check(torch.device("cuda"), None)
+
+
+def test_the_calibration_faces_ship_in_the_wheel_and_load_from_an_install(tmp_path):
+    """Build the wheel from a copy of the sources without tests/, unpack it (a pure-Python install) and calibrate's
+    inputs from there, in a process whose working directory is not the repository."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).write_bytes((REPO / name).read_bytes())
+    for folder in ("engine", "live", "configs"):
+        subprocess.run(["cp", "-r", str(REPO / folder), str(source / folder)], check=True)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                             "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [wheel] = (tmp_path / "wheel").glob("fomm_live-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"engine/calibration/faces.npz", "engine/calibration/README.md"} <= set(names)
+    assert "engine/calibration/build_calibration_faces.py" not in names  # the maintainer's tool stays in the repository
+    zipfile.ZipFile(wheel).extractall(tmp_path / "installed")
+    check = """
+import sys
+from engine.backends import openvino_int8
+faces = openvino_int8.calibration_faces()
+assert str(openvino_int8.faces_file()).startswith(sys.argv[1]), openvino_int8.faces_file()
+print(sorted((name, face.shape, str(face.dtype)) for name, face in faces.items()))
+print(len(openvino_int8.pair_frames((256, 256), held_out=False)), "cv2" in sys.modules)
+"""
+    installed = str(tmp_path / "installed")
+    result = subprocess.run([sys.executable, "-c", check, installed], cwd=tmp_path, env={"PYTHONPATH": installed},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[('astronaut', (256, 256, 3), 'uint8'), ('grace_hopper', (256, 256, 3), 'uint8')]", "4 False"]
+
+
+def test_calibration_and_held_out_frames_are_real_faces_and_share_no_frame():
+    calibration, held_out = pair_frames((256, 256), held_out=False), pair_frames((256, 256), held_out=True)
+    pairs = [FacePair(a, d) for a in ("astronaut", "grace_hopper") for d in ("astronaut", "grace_hopper")]
+    assert [p.pair for p in calibration] == [p.pair for p in held_out] == pairs  # every avatar, every driver
+    assert [len(p.frames) for p in calibration] == [12] * 4 and [len(p.frames) for p in held_out] == [2] * 4
+    faces = openvino_int8.calibration_faces()
+    for pair in calibration + held_out:
+        photo = torch.from_numpy(faces[pair.pair.driver]).permute(2, 0, 1).float() / 255
+        assert torch.equal(pair.reference[0], photo) and torch.equal(pair.avatar[0], torch.from_numpy(
+            faces[pair.pair.avatar]).permute(2, 0, 1).float() / 255)
+        assert pair.frames.dtype == torch.float32 and pair.frames.shape[1:] == (3, 256, 256)
+        assert torch.equal(pair.frames, (pair.frames * 255).round() / 255)  # on 8-bit levels, in [0, 1]
+        assert 0 <= float(pair.frames.min()) and float(pair.frames.max()) <= 1
+        # A posed frame of the driver: not the photograph itself, but closer to it than to the other face.
+        for frame in pair.frames:
+            own = float((frame - photo).abs().mean())
+            other = min(float((frame - torch.from_numpy(f).permute(2, 0, 1).float() / 255).abs().mean())
+                        for name, f in faces.items() if name != pair.pair.driver)
+            assert 0.01 < own < other
+    calibration_frames = torch.cat([p.frames for p in calibration]).flatten(1)
+    held_out_frames = torch.cat([p.frames for p in held_out]).flatten(1)
+    distances = torch.cdist(held_out_frames, calibration_frames, p=1) / calibration_frames.shape[1]
+    assert float(distances.min()) > 0.01  # no held-out frame is (nearly) a calibration frame
+    again = pair_frames((256, 256), held_out=False)  # drawn from fixed seeds: the same set every build
+    assert all(torch.equal(a.frames, b.frames) for a, b in zip(again, calibration))
+
+
+def test_from_three_faces_on_the_last_is_held_out_whole():
+    calibration, held_out = face_pairs(["a", "b", "c"])
+    assert calibration == [FacePair(x, y) for x in "ab" for y in "ab"]
+    assert held_out == [FacePair(x, y) for x in "abc" for y in "abc"]
+    assert face_pairs(["a"]) == ([FacePair("a", "a")], [FacePair("a", "a")])
+
+
+def test_calibration_frames_follow_the_model_size():
+    (pair, *_) = pair_frames((128, 96), held_out=True)
+    assert pair.avatar.shape == pair.reference.shape == (1, 3, 128, 96) and pair.frames.shape == (2, 3, 128, 96)
+
+
+def write_faces(path, **faces):
+    np.savez_compressed(path, **faces)
+    return path
+
+
+@pytest.mark.parametrize("faces, message", [
+    ({"small": np.zeros((128, 128, 3), np.uint8)}, r"int8 calibration face 'small' in .*: expected 256x256x3 uint8, "
+                                                    r"found 128x128x3 uint8"),
+    ({"float": np.zeros((256, 256, 3), np.float32)}, r"face 'float' in .*: expected 256x256x3 uint8, found 256x256x3 "
+                                                      r"float32"),
+    ({}, r"the int8 calibration faces .*faces.npz hold no face: reinstall fomm-live"),
+])
+def test_a_damaged_calibration_set_is_refused_with_what_was_found(tmp_path, monkeypatch, faces, message):
+    path = write_faces(tmp_path / "faces.npz", **faces)
+    monkeypatch.setattr(openvino_int8, "faces_file", lambda: path)
+    with pytest.raises(BackendUnavailable, match=message):
+        pair_frames((256, 256), held_out=False)
+
+
+def test_a_missing_or_unreadable_calibration_set_says_to_reinstall(tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_int8, "faces_file", lambda: tmp_path / "faces.npz")
+    with pytest.raises(BackendUnavailable, match=r"int8 calibration needs the face photographs shipped in .*faces.npz, "
+                                                  r"which cannot be read \(.*No such file.*\): reinstall fomm-live"):
+        openvino_int8.calibration_digest()
+    (tmp_path / "faces.npz").write_bytes(b"not a zip")
+    with pytest.raises(BackendUnavailable, match=r"the int8 calibration faces .*faces.npz are not a readable \.npz"):
+        openvino_int8.calibration_faces()
+
+
+def test_the_int8_cache_key_holds_the_calibration_set(tmp_path, monkeypatch):
+    """The faces are package data, outside the engine's code fingerprint: a new set must name a new int8 model."""
+    model = load_model(CONFIG, CHECKPOINT)
+    backend = SimpleNamespace(model=model, versions={"openvino": "x"})
+    shipped = OpenVinoBackend.artifact(backend, "render", "int8")
+    float32 = OpenVinoBackend.artifact(backend, "render", "float32")
+    other = write_faces(tmp_path / "faces.npz", astronaut=openvino_int8.calibration_faces()["astronaut"])
+    monkeypatch.setattr(openvino_int8, "faces_file", lambda: other)
+    assert OpenVinoBackend.artifact(backend, "render", "int8") != shipped
+    assert OpenVinoBackend.artifact(backend, "render", "float32") == float32  # float models do not calibrate

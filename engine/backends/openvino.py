@@ -164,7 +164,12 @@ class OpenVinoBackend(Backend):
 
     def artifact(self, part: str, precision: str) -> Path:
         """Where the compiled ``part`` graph in ``precision`` is cached."""
-        extra = {"nncf": library_version("nncf")} if precision == "int8" else {}
+        if precision == "int8":  # the calibration faces are package data, outside the code fingerprint
+            from .openvino_int8 import calibration_digest
+
+            extra = {"nncf": library_version("nncf"), "calibration": calibration_digest()}
+        else:
+            extra = {}
         key = artifact_key(self.model, precision, **self.versions, **extra)
         return artifact_path(f"openvino-{part}", ".blob", key, part=part)
 

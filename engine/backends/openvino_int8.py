@@ -1,39 +1,50 @@
 """int8 for the OpenVINO backend: the render graph quantized by NNCF on real faces, kept only if it looks right.
 
-Calibration set (made at build time, nothing downloaded): the real portrait
-of the test fixture (scikit-image's astronaut photograph, 256x256,
-``tests/fixtures/fomm-parity-small/inputs.npz`` key ``source``) as the
-avatar, and CALIBRATION_FRAMES driving frames made from the same photograph
-by random head poses (rotation up to 12 degrees, scale 0.9-1.1, shift up to
-8% of the side) and colour changes (per-channel gain 0.85-1.15, brightness
-+-20 levels), drawn with seed 0.  The render inputs are what the live tool
-feeds the graph: the avatar's cached source state and the driving
-keypoints after relative motion transfer (adapt scale), with the undistorted
-photograph as the reference pose; keypoints come from the float32 detector.
+Calibration set (shipped, nothing downloaded): the real portraits in
+``engine/calibration/faces.npz`` (256x256x3 uint8 RGB each; today Eileen
+Collins, NASA, and Grace Hopper, US Navy, both public domain: sources and how
+they were cropped in ``engine/calibration/README.md``).  Each face is an
+avatar and each face drives: every (avatar, driver) pair, the driver's face
+included as its own avatar, gets CALIBRATION_FRAMES_PER_PAIR driving frames
+made from the driver's photograph by random head poses (rotation up to 12
+degrees, scale 0.9-1.1, shift up to 8% of the side, reflected at the border)
+and lighting (per-channel gain 0.85-1.15, brightness +-20 levels), drawn with
+seed 0.  The render inputs are what the live tool feeds the graph: the
+avatar's cached source state and the driving keypoints after relative motion
+transfer (adapt scale), with the driver's undistorted photograph as the
+reference pose; keypoints come from the float32 detector.
 
-Held-out check: HELD_OUT_FRAMES frames drawn the same way with seed 1 (none
-of them used for calibration) are rendered by the int8 graph and by eager
-float32; the worst frame's PSNR (dB, images in [0, 1]) and the largest
-keypoint difference between the backend's detector and eager float32 are
-logged, stored beside the compiled model (``<artifact>.quality.json``), and
-compared with a :class:`QualityGate`.  A model that fails it is refused
-(BackendUnavailable, so ``auto`` falls back), and the figures are kept so the
-next start refuses at once instead of quantizing again.
+Held-out check: HELD_OUT_FRAMES_PER_PAIR frames per pair drawn the same way
+with seed 1, so in poses and lighting none of the calibration frames has (from
+three shipped faces on, the last face is also left out of calibration
+entirely and appears in the held-out pairs only).  They are rendered by the
+int8 graph and by eager float32; the worst frame's PSNR (dB, images in
+[0, 1]) and the largest keypoint difference between the backend's detector
+and eager float32 are logged, stored beside the compiled model
+(``<artifact>.quality.json``), and compared with a :class:`QualityGate`.  A
+model that fails it is refused (BackendUnavailable, so ``auto`` falls back),
+and the figures are kept so the next start refuses at once instead of
+quantizing again.  The artifact's key holds the sha256 of faces.npz
+(:func:`calibration_digest`): a new calibration set builds a new model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import math
 import time
+import zipfile
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..export import FlatRender, flatten_source
 from ..motion import make_motion_reference, transfer_motion
@@ -45,9 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FACE_PHOTO = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "fomm-parity-small" / "inputs.npz"
-CALIBRATION_FRAMES = 48
-HELD_OUT_FRAMES = 8
+FACE_SIZE = 256  # side of each shipped face
+CALIBRATION_FRAMES_PER_PAIR = 12  # 48 frames from two faces
+HELD_OUT_FRAMES_PER_PAIR = 2  # 8 frames from two faces
+CALIBRATION_SEED, HELD_OUT_SEED = 0, 1
 
 
 @dataclass(frozen=True)
@@ -77,54 +89,125 @@ class QualityGate:
 DEFAULT_GATE = QualityGate()
 
 
-def face_photo(size: tuple[int, int]) -> np.ndarray:
-    """The astronaut portrait, HxWx3 uint8 RGB at ``size`` (height, width)."""
-    if not FACE_PHOTO.is_file():
-        raise BackendUnavailable(f"int8 calibration needs the face photograph {FACE_PHOTO} (from a source checkout "
-                                 "of fomm-live), which is missing")
-    with np.load(FACE_PHOTO) as inputs:
-        photo = inputs["source"]
-    height, width = size
-    return cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA) if photo.shape[:2] != size else photo
+def faces_file():
+    """The shipped calibration faces, ``engine/calibration/faces.npz`` (an importlib.resources Traversable)."""
+    return resources.files("engine") / "calibration" / "faces.npz"
 
 
-def driving_frames(photo: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` frames of ``photo`` (HxWx3 uint8) in random head poses and lighting (see the module docstring)."""
+def faces_bytes() -> bytes:
+    try:
+        return faces_file().read_bytes()
+    except OSError as error:
+        raise BackendUnavailable(f"int8 calibration needs the face photographs shipped in {faces_file()}, which "
+                                 f"cannot be read ({error}): reinstall fomm-live") from None
+
+
+def calibration_digest() -> str:
+    """sha256 of the shipped calibration faces (in the int8 model's cache key)."""
+    return hashlib.sha256(faces_bytes()).hexdigest()
+
+
+def calibration_faces() -> dict[str, np.ndarray]:
+    """The shipped faces by name, in their stored order, each FACE_SIZE x FACE_SIZE x 3 uint8 RGB."""
+    try:
+        with np.load(io.BytesIO(faces_bytes()), allow_pickle=False) as archive:
+            faces = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise BackendUnavailable(f"the int8 calibration faces {faces_file()} are not a readable .npz ({error}): "
+                                 "reinstall fomm-live") from None
+    if not faces:
+        raise BackendUnavailable(f"the int8 calibration faces {faces_file()} hold no face: reinstall fomm-live")
+    for name, face in faces.items():
+        if face.shape != (FACE_SIZE, FACE_SIZE, 3) or face.dtype != np.uint8:
+            raise BackendUnavailable(f"int8 calibration face {name!r} in {faces_file()}: expected {FACE_SIZE}x"
+                                     f"{FACE_SIZE}x3 uint8, found {'x'.join(map(str, face.shape))} {face.dtype}")
+    return faces
+
+
+def as_image(face: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """HxWx3 uint8 -> 1x3xHxW float32 in [0, 1] at ``size`` (height, width), anti-aliased where it shrinks."""
+    image = torch.from_numpy(face).permute(2, 0, 1)[None].float().div(255)
+    if tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return image.clamp(0, 1).contiguous()
+
+
+def random_poses(photo: torch.Tensor, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """``count`` frames of ``photo`` (1x3xHxW float32 in [0, 1]) in random head poses and lighting (see the module
+    docstring): Bx3xHxW float32 in [0, 1], on 8-bit levels as a camera's."""
+    height, width = photo.shape[-2:]
+    angles = np.radians(rng.uniform(-12, 12, count))
+    scales = rng.uniform(0.9, 1.1, count)
+    shifts = rng.uniform(-0.08, 0.08, (count, 2))  # fractions of the side, (x, y)
+    gains = rng.uniform(0.85, 1.15, (count, 3))
+    offsets = rng.uniform(-20, 20, count) / 255
+    # The pose maps a pixel p (from the centre) to scale * R(angle) p + shift.  affine_grid wants the inverse, from
+    # output to input, in coordinates normalised to [-1, 1] per axis: D R(-angle) D^-1 / scale with D = diag(1/w, 1/h).
+    cos, sin = np.cos(angles), np.sin(angles)
+    unrotate = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)
+    to_unit, from_unit = np.diag([1 / width, 1 / height]), np.diag([width, height])
+    linear = to_unit @ unrotate @ from_unit / scales[:, None, None]
+    translation = -linear @ (2 * shifts)[..., None]
+    theta = torch.from_numpy(np.concatenate([linear, translation], -1)).float()
+    grid = F.affine_grid(theta, [count, 3, height, width], align_corners=False)
+    posed = F.grid_sample(photo.expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="reflection",
+                          align_corners=False)
+    lit = posed * torch.from_numpy(gains).float()[:, :, None, None] + torch.from_numpy(offsets).float()[:, None, None, None]
+    return lit.clamp(0, 1).mul(255).round().div(255)
+
+
+@dataclass(frozen=True)
+class FacePair:
+    """One shipped face as the avatar, driven by another's (or its own) frames, as in a call."""
+
+    avatar: str
+    driver: str
+
+
+def face_pairs(names: list[str]) -> tuple[list[FacePair], list[FacePair]]:
+    """(calibration pairs, held-out pairs) of the faces ``names``: every avatar with every driver.  From three faces
+    on, the last one is kept out of calibration: it appears in held-out pairs only."""
+    calibrated = names[:-1] if len(names) >= 3 else names
+    return ([FacePair(avatar, driver) for avatar in calibrated for driver in calibrated],
+            [FacePair(avatar, driver) for avatar in names for driver in names])
+
+
+@dataclass(frozen=True)
+class PairFrames:
+    """A pair's images at the model's size (1x3xHxW / Bx3xHxW float32 in [0, 1]): the avatar, the driver's
+    undistorted photograph (the reference pose) and the driving frames."""
+
+    pair: FacePair
+    avatar: torch.Tensor
+    reference: torch.Tensor
+    frames: torch.Tensor
+
+
+def pair_frames(size: tuple[int, int], held_out: bool) -> list[PairFrames]:
+    """The calibration frames, or the held-out ones, of every pair (see the module docstring)."""
+    faces = {name: as_image(face, size) for name, face in calibration_faces().items()}
+    calibration, held_out_pairs = face_pairs(list(faces))
+    pairs, per_pair, seed = ((held_out_pairs, HELD_OUT_FRAMES_PER_PAIR, HELD_OUT_SEED) if held_out
+                             else (calibration, CALIBRATION_FRAMES_PER_PAIR, CALIBRATION_SEED))
     rng = np.random.default_rng(seed)
-    height, width = photo.shape[:2]
-    frames = []
-    for _ in range(count):
-        angle, scale = rng.uniform(-12, 12), rng.uniform(0.9, 1.1)
-        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
-        matrix[:, 2] += rng.uniform(-0.08, 0.08, 2) * (width, height)
-        posed = cv2.warpAffine(photo, matrix, (width, height), borderMode=cv2.BORDER_REFLECT).astype(np.float32)
-        lit = posed * rng.uniform(0.85, 1.15, 3) + rng.uniform(-20, 20)
-        frames.append(np.clip(lit, 0, 255).astype(np.uint8))
-    return frames
-
-
-def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """HxWx3 uint8 images -> Bx3xHxW float32 in [0, 1]."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).contiguous()
+    return [PairFrames(pair, faces[pair.avatar], faces[pair.driver], random_poses(faces[pair.driver], per_pair, rng))
+            for pair in pairs]
 
 
 @torch.inference_mode()
-def render_inputs(model, frames: list[np.ndarray]) -> tuple[list[tuple[np.ndarray, ...]], torch.Tensor]:
-    """The render graph's inputs for each driving frame (eager float32, as the live tool makes them), and the
-    frames as a Bx3xHxW tensor."""
-    photo = face_photo(model.frame_size)
-    source_frame = to_tensor([photo])
-    source_keypoints = model.kp_detector(source_frame)
-    source = model.generator.encode_source(source_frame, source_keypoints)
-    motion = make_motion_reference(source_keypoints, source_keypoints, adapt_scale=True)
-    flat_source = [t.contiguous().numpy() for t in flatten_source(source)]
-    batch = to_tensor(frames)
+def render_inputs(model, pairs: list[PairFrames]) -> list[tuple[np.ndarray, ...]]:
+    """The render graph's inputs for each driving frame of ``pairs``, in order (eager float32, as the live tool
+    makes them)."""
     samples = []
-    for index in range(len(frames)):
-        driving = model.kp_detector(batch[index:index + 1])
-        transferred = transfer_motion(driving, motion, relative=True)
-        samples.append((*flat_source, transferred.value.contiguous().numpy(), transferred.jacobian.contiguous().numpy()))
-    return samples, batch
+    for pair in pairs:
+        avatar_keypoints = model.kp_detector(pair.avatar)
+        source = model.generator.encode_source(pair.avatar, avatar_keypoints)
+        motion = make_motion_reference(avatar_keypoints, model.kp_detector(pair.reference), adapt_scale=True)
+        flat_source = [t.contiguous().numpy() for t in flatten_source(source)]
+        transferred = transfer_motion(model.kp_detector(pair.frames), motion, relative=True)
+        for value, jacobian in zip(transferred.value.split(1), transferred.jacobian.split(1)):
+            samples.append((*flat_source, value.contiguous().numpy(), jacobian.contiguous().numpy()))
+    return samples
 
 
 def psnr_db(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -136,8 +219,9 @@ def psnr_db(actual: np.ndarray, expected: np.ndarray) -> float:
 def measure_quality(backend: "OpenVinoBackend", render_model) -> dict:
     """The int8 render graph (and the backend's keypoint detector) against eager float32 on the held-out frames."""
     model = backend.model
-    frames = driving_frames(face_photo(model.frame_size), HELD_OUT_FRAMES, seed=1)
-    samples, batch = render_inputs(model, frames)
+    pairs = pair_frames(model.frame_size, held_out=True)
+    samples = render_inputs(model, pairs)
+    batch = torch.cat([pair.frames for pair in pairs])
     request = render_model.create_infer_request()
     keypoints_request = backend.keypoints_model.create_infer_request()
     psnrs, keypoint_errors, times = [], [], []
@@ -164,10 +248,11 @@ def quantize_render(backend: "OpenVinoBackend"):
     except ImportError:
         raise BackendUnavailable("int8 needs nncf, which is not installed: pip install -e \".[openvino]\"") from None
     model = backend.model
-    samples, _ = render_inputs(model, driving_frames(face_photo(model.frame_size), CALIBRATION_FRAMES, seed=0))
+    samples = render_inputs(model, pair_frames(model.frame_size, held_out=False))
     graph = backend.convert_render()
     begin = time.perf_counter()
-    log.info("OpenVINO int8: calibrating the render graph on %d face frames (once per model and version)", len(samples))
+    log.info("OpenVINO int8: calibrating the render graph on %d frames of real faces (once per model and "
+             "version)", len(samples))
     quantized = nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples))
     log.info("OpenVINO int8: quantized in %.0f s", time.perf_counter() - begin)
     return quantized
