@@ -56,8 +56,14 @@ def test_the_clients_output_matches_a_local_render_frame_by_frame(tmp_path, medi
     alone = subprocess.run([sys.executable, str(REPO / "run_live.py"), *CLIENT_ARGS, *args, "--output", str(local)],
                            cwd=tmp_path, env=client_env(tmp_path, ""), capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr
+    assert_same_frames(remote, local, 12)
+
+
+def assert_same_frames(remote: Path, local: Path, count: int) -> None:
+    """The client's output video against a local render of the same input: ``count`` frames each, equal up to the
+    codecs' loss, none shifted."""
     remote_frames, local_frames = read_video(remote), read_video(local)
-    assert len(remote_frames) == len(local_frames) == 12
+    assert len(remote_frames) == len(local_frames) == count
     for index, (a, b) in enumerate(zip(remote_frames, local_frames)):
         difference = np.abs(a.astype(np.int16) - b.astype(np.int16))
         # JPEG at quality 90 on the way back, then both through H.264: a few levels on average, no misplaced frame.
