@@ -59,6 +59,8 @@ HELLO_TIMEOUT_S = 10.0
 MALFORMED_LIMIT = 20  # this many malformed messages within MALFORMED_WINDOW_S close the session
 MALFORMED_WINDOW_S = 10.0
 CLOSE_MALFORMED = WSCloseCode.POLICY_VIOLATION
+KERNEL_UNSENT_BYTES = 16 * 1024  # what a connection's kernel buffer may hold not yet sent (see limit_send_buffers)
+CLOSE_TIMEOUT_S = 2.0  # a peer that takes nothing has this long to take a last error and the close frame
 
 
 class _QuietBadRequests(logging.Filter):
@@ -71,6 +73,59 @@ class _QuietBadRequests(logging.Filter):
             log.debug("dropped a bad request: %s", str(error).strip() or type(error).__name__)
             return False
         return True
+
+
+def limit_send_buffers(transport: asyncio.BaseTransport | None) -> None:
+    """Keep a connection's unsent bytes to about one frame, so that on a slow link a send waits instead of queueing.
+
+    By default frames pile up at every layer before a send waits: aiohttp's
+    writer (256 KiB, see ``writer_limit``), asyncio's TLS transport (512 KiB)
+    and TCP transport (64 KiB), and the kernel's send buffer (grown to
+    megabytes): seconds of stale video on a slow link.  Here each asyncio
+    layer pauses the one above while it holds anything (high water 0: at most
+    the write in progress) and the kernel keeps at most KERNEL_UNSENT_BYTES
+    not yet sent (TCP_NOTSENT_LOWAT, where the system has it); the TCP
+    transport under TLS is reached through the TLS transport's
+    ``_ssl_protocol`` (the standard library's; another event loop's is left as
+    it is).  The next frame then waits in the session's Outbox, where a newer
+    one replaces it.
+    """
+    if transport is None:
+        return
+    connection = transport.get_extra_info("socket")
+    if connection is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        try:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, KERNEL_UNSENT_BYTES)
+        except OSError as error:
+            log.debug("TCP_NOTSENT_LOWAT not set: %s", error)
+    transport.set_write_buffer_limits(high=0)
+    below_tls = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    if isinstance(below_tls, asyncio.WriteTransport):
+        below_tls.set_write_buffer_limits(high=0)
+
+
+async def close_within(ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, code: int, reason: bytes,
+                       last_words: str | None = None) -> None:
+    """Send ``last_words`` (a fatal error) if given, then close ``ws`` with ``code``.
+
+    With the small send buffers of :func:`limit_send_buffers` both wait while
+    the peer reads nothing: after CLOSE_TIMEOUT_S the connection is dropped
+    instead, so a stalled client never holds a session, or the server's
+    shutdown, open.
+    """
+    async def polite() -> None:
+        if last_words is not None:
+            await ws.send_str(last_words)
+        await ws.close(code=code, message=reason)
+
+    try:
+        await asyncio.wait_for(polite(), CLOSE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        log.debug("a peer took no close frame within %g s: connection dropped", CLOSE_TIMEOUT_S)
+        if transport is not None:
+            transport.abort()
+    except ConnectionError:
+        pass
 
 
 class ServeError(RuntimeError):
@@ -90,7 +145,7 @@ class RenderServer:
         self.num_kp = model.config.kp_detector.num_kp
         self.worker = RenderWorker(model)
         self.sessions: dict[int, Session] = {}
-        self.sockets: set[web.WebSocketResponse] = set()
+        self.sockets: dict[web.WebSocketResponse, asyncio.BaseTransport | None] = {}  # open, with their connection
         self.stopping = False
         self.app = web.Application()
         self.app.router.add_get(SESSION_PATH, self._session)
@@ -111,22 +166,24 @@ class RenderServer:
             log.warning("refused a connection from %s: wrong or missing token", address)
             return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"}, text="wrong or missing token\n")
         self.throttle.succeeded(address)
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
+        # writer_limit=0: every send waits while the connection's buffers are full (see limit_send_buffers).
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES, writer_limit=0)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text=f"{SESSION_PATH} is a WebSocket endpoint\n")
         try:
             await ws.prepare(request)
         except ConnectionError:  # the client left before the upgrade was answered: nothing to send, nothing to log
             return web.Response()
-        self.sockets.add(ws)
+        limit_send_buffers(request.transport)
+        self.sockets[ws] = request.transport
         try:
             session = await self._handshake(ws, address)
             if session is not None:
                 await self._serve_session(ws, session)
         finally:
-            self.sockets.discard(ws)
+            transport = self.sockets.pop(ws)
             if not ws.closed:
-                await ws.close()
+                await close_within(ws, transport, WSCloseCode.OK, b"")
         return ws
 
     async def _handshake(self, ws: web.WebSocketResponse, address: str) -> Session | None:
@@ -166,8 +223,8 @@ class RenderServer:
 
     async def _refuse(self, ws: web.WebSocketResponse, why: str) -> None:
         log.warning("refused a session: %s", why)
-        await ws.send_str(encode_text(ServerError(why, fatal=True)))
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"refused")
+        await close_within(ws, self.sockets.get(ws), WSCloseCode.POLICY_VIOLATION, b"refused",
+                           encode_text(ServerError(why, fatal=True)))
 
     async def _serve_session(self, ws: web.WebSocketResponse, session: Session) -> None:
         sender = asyncio.create_task(self._send_loop(ws, session.outbox))
@@ -185,8 +242,8 @@ class RenderServer:
                         malformed_times.popleft()
                     if len(malformed_times) >= MALFORMED_LIMIT:
                         why = f"{MALFORMED_LIMIT} malformed messages within {MALFORMED_WINDOW_S:g} s"
-                        await ws.send_str(encode_text(ServerError(f"session closed: {why} (last: {error})", True)))
-                        await ws.close(code=CLOSE_MALFORMED, message=b"too many malformed messages")
+                        await close_within(ws, self.sockets.get(ws), CLOSE_MALFORMED, b"too many malformed messages",
+                                           encode_text(ServerError(f"session closed: {why} (last: {error})", True)))
                         break
                     session.outbox.put_control(encode_text(ServerError(f"message dropped: {error}", False)))
             else:
@@ -235,8 +292,8 @@ class RenderServer:
     async def close_all(self) -> None:
         """Close every session with 1001 (going away): clients reconnect."""
         self.stopping = True
-        await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-                               for ws in list(self.sockets)), return_exceptions=True)
+        await asyncio.gather(*(close_within(ws, transport, WSCloseCode.GOING_AWAY, b"server shutting down")
+                               for ws, transport in list(self.sockets.items())), return_exceptions=True)
 
 
 def serve(args: argparse.Namespace) -> int:
