@@ -132,6 +132,11 @@ def test_paste_back_fills_the_output_with_the_avatar_and_blends_the_face(small_i
     outside = np.ones((720, 1280), bool)
     outside[y0:y1, x0:x1] = False
     assert np.array_equal(out[outside], paste.canvas[outside])  # everything else is the avatar picture
+    # Across the feathered edge, each pixel is the mask's mix of the face and the picture behind it (+-1 level).
+    weight = feathered_mask(x1 - x0, 0.15)[:, :, 0]
+    row = (y0 + y1) // 2
+    expected = weight[row - y0, :, None] * red[0, 0] + (1 - weight[row - y0, :, None]) * paste.canvas[row, x0:x1]
+    assert np.abs(out[row, x0:x1].astype(float) - expected).max() <= 1
     # The photo (800x600) fills the frame's height, centred; the sides are not black.
     assert paste.square.size == pytest.approx(240 * 720 / 800, abs=1)
     assert out[:, :10].mean() > 5
