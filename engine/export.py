@@ -72,7 +72,7 @@ def flatten_source(source: SourceState) -> tuple[torch.Tensor, ...]:
 @torch.no_grad()
 def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
     """The keypoint detector as ONNX: input "frame" (1x3xHxW float32), outputs "value", "jacobian"."""
-    frame, _, _ = _example_inputs(model)
+    frame = _example_frame(model)
     with _quiet_tracer(), modes_kept(model.kp_detector):
         torch.onnx.export(model.kp_detector, (frame,), str(path), opset_version=ONNX_OPSET, dynamo=False,
                           input_names=["frame"], output_names=list(KEYPOINT_INPUTS))
@@ -88,9 +88,13 @@ def export_render_onnx(model: FirstOrderModel, path: Path) -> None:
                           output_names=["frame"])
 
 
-def _example_inputs(model: FirstOrderModel) -> tuple[torch.Tensor, SourceState, Keypoints]:
+def _example_frame(model: FirstOrderModel) -> torch.Tensor:
     height, width = model.frame_size
-    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
+    return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
+
+
+def _example_inputs(model: FirstOrderModel) -> tuple[torch.Tensor, SourceState, Keypoints]:
+    frame = _example_frame(model)
     keypoints = model.kp_detector(frame)
     # Driving keypoints distinct from the source's (the source state holds those very tensors): an exporter may merge
     # an input passed twice into one.

@@ -9,7 +9,7 @@ from torch import nn
 
 from .backends import Backend, select_backend
 from .checkpoint import load_weights_strictly, read_checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, EngineError
 from .config import ModelConfig, released_models
 from .generator import Generator, SourceState
 from .keypoint_detector import KeypointDetector
@@ -42,14 +42,28 @@ class FirstOrderModel:
     :meth:`detect_keypoints` (per frame), :meth:`encode_source` (once per
     avatar), :meth:`render` (per frame).  :class:`engine.Animator` wraps these
     for numpy images.
+
+    ``generator`` None gives a model that only detects keypoints (``renders``
+    False: a remote client's, whose frames render on a server); its backend
+    builds no render graph, and encode_source / render raise EngineError.
     """
 
-    def __init__(self, config: ModelConfig, kp_detector: KeypointDetector, generator: Generator):
+    def __init__(self, config: ModelConfig, kp_detector: KeypointDetector, generator: Generator | None):
         self.config = config
         self.kp_detector = kp_detector.eval().requires_grad_(False)
-        self.generator = generator.eval().requires_grad_(False)
-        self.render_step = RenderStep(self.generator).eval()
+        self.generator = generator.eval().requires_grad_(False) if generator is not None else None
+        self.render_step = RenderStep(self.generator).eval() if generator is not None else None
         self.backend: Backend | None = None  # chosen by use_backend (load_model calls it)
+
+    @property
+    def renders(self) -> bool:
+        """Whether this model has its generator (False: loaded with ``keypoints_only``)."""
+        return self.generator is not None
+
+    @property
+    def networks(self) -> tuple[nn.Module, ...]:
+        """The networks this model holds: the keypoint detector, then the generator if it has one."""
+        return (self.kp_detector, self.generator) if self.renders else (self.kp_detector,)
 
     def use_backend(self, name: str = "eager", precision: str | None = None) -> Backend:
         """Run the per-frame computation on backend ``name`` ("auto": the fastest that works here)."""
@@ -58,7 +72,7 @@ class FirstOrderModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.generator.parameters()).device
+        return next(self.kp_detector.parameters()).device
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -76,11 +90,18 @@ class FirstOrderModel:
         Encoding runs once per avatar, in eager float32; the backend converts the state to its own form
         on the first frame rendered from it.
         """
+        self._check_renders()
         return self.generator.encode_source(source, self.backend.detect_keypoints(source))
 
     def render(self, source: SourceState, driving: Keypoints) -> torch.Tensor:
         """Cached source (from :meth:`encode_source`) + normalised driving keypoints (batch B) -> Bx3xHxW float32."""
+        self._check_renders()
         return self.backend.render(source, driving)
+
+    def _check_renders(self) -> None:
+        if not self.renders:
+            raise EngineError(f"this {self.config.name} model was loaded with keypoints_only=True: it detects keypoints "
+                              "but has no generator to render with")
 
     def describe(self) -> str:
         """One start-up line: the device (GPU name, compute capability, memory), backend and precision."""
@@ -90,18 +111,20 @@ class FirstOrderModel:
             where = f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
         else:
             where = "the CPU"
+        if not self.renders:
+            return f"{self.config.name} keypoint detector on {where}: backend {self.backend.name}, {self.backend.precision}"
         line = f"{self.config.name} on {where}: backend {self.backend.name}, {self.backend.precision}"
         if device.type == "cpu":
             line += f" -- no GPU in use: {cpu_speed(self.backend.name, self.backend.precision)}"
         return line
 
     def to(self, device: str | torch.device) -> "FirstOrderModel":
-        """Move both networks to ``device``, convolution weights in channels-last layout.
+        """Move the networks to ``device``, convolution weights in channels-last layout.
 
         Channels-last (NHWC) lets oneDNN and cuDNN pick their fastest convolution
         kernels (measured: 6-10% less time per frame on a 2-core AVX2 CPU).
         """
-        for network in (self.kp_detector, self.generator):
+        for network in self.networks:
             network.to(device=device, memory_format=torch.channels_last)
         return self
 
@@ -114,11 +137,12 @@ class FirstOrderModel:
         interleaving it (:meth:`Generator.fuse_upsampling`).  The state dicts no longer match
         the checkpoint's afterwards.
         """
-        for network in (self.kp_detector, self.generator):
+        for network in self.networks:
             for module in network.modules():
                 if hasattr(module, "fold_batchnorm"):
                     module.fold_batchnorm()
-        self.generator.fuse_upsampling()
+        if self.renders:
+            self.generator.fuse_upsampling()
 
 
 def _released_checkpoint(config: ModelConfig) -> Path:
@@ -129,22 +153,27 @@ def _released_checkpoint(config: ModelConfig) -> Path:
     return find_checkpoint(model=config.name)
 
 
-def _build_networks(config: ModelConfig, align_corners: bool) -> tuple[KeypointDetector, Generator]:
-    return KeypointDetector(config.kp_detector), Generator(config.generator, align_corners=align_corners)
+Networks = tuple[KeypointDetector, "Generator | None"]
 
 
-def _filled_networks(config: ModelConfig, state_dicts: StateDicts, align_corners: bool) -> tuple[KeypointDetector, Generator]:
-    """Both networks built for ``config`` and filled strictly from ``state_dicts``; raises CheckpointError."""
+def _build_networks(config: ModelConfig, align_corners: bool, keypoints_only: bool) -> Networks:
+    generator = None if keypoints_only else Generator(config.generator, align_corners=align_corners)
+    return KeypointDetector(config.kp_detector), generator
+
+
+def _filled_networks(config: ModelConfig, state_dicts: StateDicts, align_corners: bool, keypoints_only: bool) -> Networks:
+    """The networks built for ``config`` and filled strictly from ``state_dicts``; raises CheckpointError."""
     with torch.device("meta"):  # no random initialisation: every tensor comes from the state dicts
-        kp_detector, generator = _build_networks(config, align_corners)
+        kp_detector, generator = _build_networks(config, align_corners, keypoints_only)
     load_weights_strictly(kp_detector, state_dicts["kp_detector"], f"kp_detector of config {config.name!r}")
-    load_weights_strictly(generator, state_dicts["generator"], f"generator of config {config.name!r}")
+    if generator is not None:
+        load_weights_strictly(generator, state_dicts["generator"], f"generator of config {config.name!r}")
     return kp_detector, generator
 
 
-def _load_networks(config: ModelConfig, checkpoint: Path, align_corners: bool,
-                   cache: WeightsCache | None) -> tuple[KeypointDetector, Generator]:
-    """Both networks filled from the cache's copy of ``checkpoint`` if it has a good one, else from the checkpoint.
+def _load_networks(config: ModelConfig, checkpoint: Path, align_corners: bool, keypoints_only: bool,
+                   cache: WeightsCache | None) -> Networks:
+    """The networks filled from the cache's copy of ``checkpoint`` if it has a good one, else from the checkpoint.
 
     A cached copy that does not fit is the copy's fault, not the checkpoint's:
     it is discarded and the checkpoint itself decides.  A checkpoint that
@@ -153,11 +182,11 @@ def _load_networks(config: ModelConfig, checkpoint: Path, align_corners: bool,
     cached = cache.read(checkpoint, config) if cache is not None else None
     if cached is not None:
         try:
-            return _filled_networks(config, cached, align_corners)
+            return _filled_networks(config, cached, align_corners, keypoints_only)
         except CheckpointError as error:
             cache.discard(cache.entry_path(checkpoint, config), str(error))
     state_dicts = read_checkpoint(checkpoint)
-    networks = _filled_networks(config, state_dicts, align_corners)
+    networks = _filled_networks(config, state_dicts, align_corners, keypoints_only)
     if cache is not None:
         cache.write(checkpoint, config, state_dicts)
     return networks
@@ -184,6 +213,7 @@ def load_model(
     weights_cache: bool = True,
     backend: str = "eager",
     precision: str | None = None,
+    keypoints_only: bool = False,
 ) -> FirstOrderModel:
     """Build the networks of ``config`` and load ``checkpoint`` into them.
 
@@ -207,17 +237,21 @@ def load_model(
     backend: "eager", "compile", "onnxruntime", "tensorrt", or "auto" for the
     fastest that works here (see :mod:`engine.backends`); precision:
     "float32", "float16" or "bfloat16", None for the backend's default.
+    keypoints_only: build, fill and hand the backend only the keypoint
+    detector (a remote client's model, see ``run_live.py --remote``): no
+    generator in memory, no render graph exported or compiled; the
+    checkpoint's generator entry is read but not used or checked.
     """
     if not isinstance(config, ModelConfig):
         config = ModelConfig.load(config)
     if checkpoint is RELEASED_WEIGHTS:
         checkpoint = _released_checkpoint(config)
     if checkpoint is None:
-        kp_detector, generator = _build_networks(config, align_corners)
+        kp_detector, generator = _build_networks(config, align_corners, keypoints_only)
     else:
         checkpoint = Path(checkpoint)
         cache = WeightsCache(cache_root()) if weights_cache and checkpoint.suffix != ".safetensors" else None
-        kp_detector, generator = _load_networks(config, checkpoint, align_corners, cache)
+        kp_detector, generator = _load_networks(config, checkpoint, align_corners, keypoints_only, cache)
     model = FirstOrderModel(config, kp_detector, generator)
     if fuse_layers:
         model.fuse_layers()

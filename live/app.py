@@ -118,8 +118,9 @@ def _start(args: argparse.Namespace, status: StatusBoard, cleanup: contextlib.Ex
         cleanup.callback(preview.close)
 
     status.event(f"loading {checked.config.name} from {checked.checkpoint} (backend {args.backend})")
+    # A remote run renders on the server: only the keypoint detector is loaded and built here.
     model = load_model(checked.config, checked.checkpoint, device=args.device, backend=args.backend,
-                       precision=args.precision)
+                       precision=args.precision, keypoints_only=bool(args.remote))
     status.event(model.describe())
     render = _connect(args, model, status, checked.offline) if args.remote else None
     if render is not None:

@@ -76,7 +76,7 @@ def artifact_key(model: "FirstOrderModel", precision: str, **versions: str) -> d
     height, width = model.frame_size
     return dict(weights=weights_fingerprint(model), code=code_fingerprint(), config=repr(model.config),
                 device=device_description(model.device), precision=precision, shape=f"{height}x{width}",
-                torch=torch.__version__, align_corners=str(model.generator.align_corners), **versions)
+                torch=torch.__version__, align_corners=str(model.generator.align_corners if model.renders else None), **versions)
 
 
 def artifact_path(kind: str, suffix: str, key: dict[str, str], **extra: str) -> Path:

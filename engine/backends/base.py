@@ -108,7 +108,7 @@ def cast_source(source: SourceState, dtype: torch.dtype) -> SourceState:
 def weights_fingerprint(model: "FirstOrderModel") -> str:
     """sha256 of every parameter and buffer (after fusing): compiled artifacts are only reused for these weights."""
     digest = hashlib.sha256()
-    for network in (model.kp_detector, model.generator):
+    for network in model.networks:
         for name, tensor in network.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())

@@ -31,18 +31,21 @@ class CompileBackend(Backend):
         super().__init__(model, precision)
         kp_detector, render_step = model.kp_detector, model.render_step
         if self.dtype != torch.float32:
-            kp_detector, render_step = copy.deepcopy(kp_detector).to(self.dtype), copy.deepcopy(render_step).to(self.dtype)
+            kp_detector = copy.deepcopy(kp_detector).to(self.dtype)
+            render_step = copy.deepcopy(render_step).to(self.dtype) if model.renders else None
         self.cuda_graphs = model.device.type == "cuda"
         mode = "reduce-overhead" if self.cuda_graphs else None
         self.kp_detector = torch.compile(kp_detector, fullgraph=True, mode=mode)
-        self.render_step = torch.compile(render_step, fullgraph=True, mode=mode)
+        self.render_step = torch.compile(render_step, fullgraph=True, mode=mode) if model.renders else None
         height, width = model.frame_size
         frame = torch.rand(1, 3, height, width, device=model.device)
-        log.info("compiling the keypoint detector and the render step with torch.compile (every start; minutes on a CPU)")
+        log.info("compiling the %s with torch.compile (every start; minutes on a CPU)",
+                 "keypoint detector and the render step" if model.renders else "keypoint detector")
         try:
             with torch.inference_mode():
-                source = model.generator.encode_source(frame, model.kp_detector(frame))
-                self.render(source, self.detect_keypoints(frame))
+                keypoints = self.detect_keypoints(frame)
+                if model.renders:
+                    self.render(model.generator.encode_source(frame, model.kp_detector(frame)), keypoints)
         except Exception as error:  # Inductor needs a C++ compiler on the CPU and Triton on CUDA
             raise BackendUnavailable(f"torch.compile failed: {type(error).__name__}: {str(error)[:300]}") from error
 

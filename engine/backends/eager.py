@@ -27,7 +27,7 @@ class EagerBackend(Backend):
             self.kp_detector, self.render_step = model.kp_detector, model.render_step
         else:
             self.kp_detector = copy.deepcopy(model.kp_detector).to(self.dtype)
-            self.render_step = copy.deepcopy(model.render_step).to(self.dtype)
+            self.render_step = copy.deepcopy(model.render_step).to(self.dtype) if model.renders else None
 
     @torch.inference_mode()
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:

@@ -99,8 +99,9 @@ class OnnxRuntimeBackend(Backend):
         self.providers = [p for p in wanted if p in onnxruntime.get_available_providers()]
         paths = self.artifact_paths(model, precision)
         self.keypoints_session = self._session("keypoints", paths["keypoints"], lambda path: export_keypoints_onnx(model, path))
-        self.render_session = self._session("render", paths["render"], lambda path: export_render_onnx(model, path))
-        self.description = f"providers {self.render_session.get_providers()}"
+        self.render_session = (self._session("render", paths["render"], lambda path: export_render_onnx(model, path))
+                               if model.renders else None)
+        self.description = f"providers {self.keypoints_session.get_providers()}"
 
     @classmethod
     def artifact_paths(cls, model, precision: str) -> dict[str, Path]:

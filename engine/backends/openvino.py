@@ -100,6 +100,8 @@ class OpenVinoBackend(Backend):
         return ("bfloat16", "float32")
 
     def auto_choice_reason(self) -> str:
+        if not self.model.renders:
+            return "the fastest keypoint detector here"
         if self.precision == "bfloat16":
             why = ("the fastest variant here whose frames stay within the project's bfloat16 tolerance (1.5e-2 of "
                    "float32; OpenVINO bfloat16 measured 5.7e-3 on the test fixture)")
@@ -138,15 +140,18 @@ class OpenVinoBackend(Backend):
         # int8 quantizes the render graph only: the keypoint detector runs in float32.
         detector_precision = "float32" if precision == "int8" else precision
         self.keypoints_model = self.compiled("keypoints", detector_precision, self.convert_keypoints)
+        self.keypoints_request = self.keypoints_model.create_infer_request()
+        self.description = f"OpenVINO {openvino.__version__} on {self.versions['openvino_device']}"
+        self.render_model = self.render_request = self.quality = None
+        if not model.renders:
+            return
         if precision == "int8":
             from .openvino_int8 import DEFAULT_GATE, build_int8_render
 
             self.render_model, self.quality = build_int8_render(self, quality_gate or DEFAULT_GATE)
         else:
-            self.render_model, self.quality = self.compiled("render", precision, self.convert_render), None
-        self.keypoints_request = self.keypoints_model.create_infer_request()
+            self.render_model = self.compiled("render", precision, self.convert_render)
         self.render_request = self.render_model.create_infer_request()
-        self.description = f"OpenVINO {openvino.__version__} on {self.versions['openvino_device']}"
 
     def device_description(self) -> str:
         """The OpenVINO device's full name and capabilities (a compiled model is only reused on the same kind)."""
@@ -228,7 +233,8 @@ class OpenVinoBackend(Backend):
         return self._example
 
     def convert_keypoints(self):
-        frame, _ = self.example_inputs()
+        height, width = self.model.frame_size
+        frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
         return self._convert(FlatKeypoints(self.model.kp_detector), (frame,), "keypoints")
 
     def convert_render(self):

@@ -149,7 +149,8 @@ class TensorRTBackend(Backend):
         self.torch_tensorrt = torch_tensorrt
         paths = self.artifact_paths(model, precision)
         self.keypoints_engine = self._engine("keypoints", paths["keypoints"], lambda: graph_to_compile(model, "keypoints"))
-        self.render_engine = self._engine("render", paths["render"], lambda: graph_to_compile(model, "render"))
+        self.render_engine = (self._engine("render", paths["render"], lambda: graph_to_compile(model, "render"))
+                              if model.renders else None)
 
     def _engine(self, part: str, path: Path, graph: Callable[[], Graph]):
         """The compiled ``part``: from the cache at ``path``, else built from ``graph()``, saved there and loaded back.
