@@ -19,10 +19,9 @@ import torch
 pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install -e ".[openvino]"')
 
 from engine import load_model  # noqa: E402
-from engine.backends import BackendUnavailable  # noqa: E402
+from engine.backends import BackendUnavailable, openvino_int8  # noqa: E402
 from engine.backends import openvino as backend_module  # noqa: E402
 from engine.backends.openvino import OpenVinoBackend, openvino_core, runtime_precisions  # noqa: E402
-from engine.backends import openvino_int8  # noqa: E402
 from engine.backends.openvino_int8 import FacePair, QualityGate, face_pairs, pair_frames, stored_reports  # noqa: E402
 
 from .test_backends import CHECKPOINT, CONFIG, HALF_PRECISION_BOUNDS, TOLERANCE, frames_of  # noqa: E402
@@ -286,10 +285,10 @@ def write_faces(path, **faces):
 
 
 @pytest.mark.parametrize("faces, message", [
-    ({"small": np.zeros((128, 128, 3), np.uint8)}, r"int8 calibration face 'small' in .*: expected 256x256x3 uint8, "
-                                                    r"found 128x128x3 uint8"),
-    ({"float": np.zeros((256, 256, 3), np.float32)}, r"face 'float' in .*: expected 256x256x3 uint8, found 256x256x3 "
-                                                      r"float32"),
+    ({"small": np.zeros((128, 128, 3), np.uint8)},
+     r"int8 calibration face 'small' in .*: expected 256x256x3 uint8, found 128x128x3 uint8"),
+    ({"float": np.zeros((256, 256, 3), np.float32)},
+     r"int8 calibration face 'float' in .*: expected 256x256x3 uint8, found 256x256x3 float32"),
     ({}, r"the int8 calibration faces .*faces.npz hold no face: reinstall fomm-live"),
 ])
 def test_a_damaged_calibration_set_is_refused_with_what_was_found(tmp_path, monkeypatch, faces, message):

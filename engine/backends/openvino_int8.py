@@ -95,6 +95,7 @@ def faces_file():
 
 
 def faces_bytes() -> bytes:
+    """The bytes of faces.npz; BackendUnavailable (saying to reinstall) when the install lacks them."""
     try:
         return faces_file().read_bytes()
     except OSError as error:
