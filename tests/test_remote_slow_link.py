@@ -152,21 +152,25 @@ def test_a_stalled_link_drops_stale_frames_and_never_holds_up_another_session(se
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
-    pause_s = 4.0
 
     async def slow_session():
         async with aiohttp.ClientSession() as http:
             ws, session = await open_flooding_session(link.url(server.url), server.token, avatar, http)
             flood = Flood(ws)
-            received = 0
+            sizes = []
             started = time.monotonic()
-            while time.monotonic() - started < 1.0 or received < 2:  # the link is open: frames flow
+            while time.monotonic() - started < 1.0 or len(sizes) < 3:  # the link is open: frames flow
                 message = await ws.receive(timeout=30)
                 assert message.type == aiohttp.WSMsgType.BINARY, message
-                received += 1
+                sizes.append(len(message.data))
+            # Stall long enough for the server to render many more frames than its connection may hold (64 KiB
+            # asserted below), however busy this machine is.
+            rate = len(sizes) / (time.monotonic() - started)
+            stall_s = min(max(4.0, (64 * 1024 / np.mean(sizes) + 10) / rate), 40.0)
+            received = len(sizes)
             link.open.clear()  # the link stalls; the client keeps sending keypoints
             stalled_at = time.monotonic()
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep(stall_s)
             resumed_from = flood.sent  # the newest keypoints sent while the link was stalled
             resumed_at = time.monotonic()
             link.open.set()
@@ -177,10 +181,10 @@ def test_a_stalled_link_drops_stale_frames_and_never_holds_up_another_session(se
             received += len(after)
             flood.task.cancel()
             await ws.close()
-            return session, received, after, resumed_from, (stalled_at, resumed_at)
+            return session, received, after, (stalled_at, resumed_at)
 
     try:
-        session, received, after, resumed_from, (stalled_at, resumed_at) = asyncio.run(slow_session())
+        session, received, after, (stalled_at, resumed_at) = asyncio.run(slow_session())
         time.sleep(0.5)
     finally:
         stop.set()
@@ -199,11 +203,13 @@ def test_a_stalled_link_drops_stale_frames_and_never_holds_up_another_session(se
     assert len(waited) < dropped, (len(waited), dropped)
     # Frames leap over the keypoints rendered or replaced meanwhile: newest wins.
     assert after[-1][0] - after[0][0] > 10 * len(after), after
-    # The well-behaved session got frames all through the stall: the stalled one held up neither the render thread
-    # nor the event loop.
+    # The well-behaved session got frames all through the stall, about as many as the stalled one had rendered (the
+    # sessions take turns): the stalled one held up neither the render thread nor the event loop.
     during = [t for t in good_frames if stalled_at <= t <= resumed_at]
     gaps = np.diff([stalled_at, *during, resumed_at])
-    assert len(during) >= 4 and gaps.max() < 2.0, (len(during), gaps.max())
+    rendered_in_stall = dropped + len(waited)  # about: those dropped, and those the link took after it
+    assert len(during) >= max(4, 0.4 * rendered_in_stall), (len(during), rendered_in_stall)
+    assert gaps.max() < (resumed_at - stalled_at) / 3, (len(during), gaps.max())
     assert "Traceback" not in server.log()
 
 
