@@ -32,7 +32,7 @@ from .live_media import REPO, driving_frames, write_avatar, write_video
 from .test_remote_live import CLIENT_ARGS, assert_same_frames, client_env
 from .test_remote_server import ServerProcess, free_port
 
-NGINX = shutil.which("nginx")
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")  # sbin: not on every PATH
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed: apt-get install nginx")
 
 PREFIX = "/fomm/"  # the README's
