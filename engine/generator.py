@@ -83,6 +83,15 @@ class Generator(nn.Module):
         self.up_blocks[-1].fuse_upsampling(output="phase_grid")
         self.final = PhaseGridConv2d(self.final)
 
+    def unfuse_upsampling(self) -> None:
+        """Undo :meth:`fuse_upsampling` (to float32 rounding): plain nearest upsampling and 3x3 convolutions, for a
+        compiler that runs those faster than the phase grids (OpenVINO's int8, see :mod:`engine.backends.openvino`)."""
+        if not isinstance(self.final, PhaseGridConv2d):
+            return
+        for block in self.up_blocks:
+            block.unfuse_upsampling()
+        self.final = self.final.plain_conv()
+
     def encode_source(self, source: torch.Tensor, keypoints: Keypoints) -> SourceState:
         """source: 1xCxHxW float RGB in [0, 1] and its keypoints -> the cached :class:`SourceState`."""
         features = self.first(source)

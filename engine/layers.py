@@ -78,6 +78,19 @@ class NearestUpsampleConv2d(nn.Module):
         bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=conv.weight.device)
         self.bias = nn.Parameter(bias.detach().repeat(4), requires_grad=False)
 
+    def plain_conv(self) -> nn.Conv2d:
+        """The 3x3 convolution this was made from (to float32 rounding): the per-phase kernels are
+        ``M W M^T`` with ``M`` the 4x3 stack of both phases' tap sums, which has full column rank."""
+        taps = _PHASE_TAPS.to(self.weight.device).flatten(0, 1)  # (a, i) x k
+        inverse = torch.linalg.pinv(taps)  # k x (a, i)
+        phases = self.weight.double().unflatten(0, (2, 2, self.out_channels))  # a, b, o, c, i, j
+        weight = torch.einsum("kai,lbj,abocij->ockl", inverse.unflatten(1, (2, 2)), inverse.unflatten(1, (2, 2)), phases)
+        conv = nn.Conv2d(weight.shape[1], self.out_channels, 3, padding=1, device=self.weight.device,
+                         dtype=self.weight.dtype).requires_grad_(False)
+        conv.weight.copy_(weight.to(self.weight.dtype))
+        conv.bias.copy_(self.bias[:self.out_channels])
+        return conv
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2:]
         # Padding 1 puts input row -1 at grid row 0: phase a's pixel 2i + a is at grid row i + a.
@@ -148,6 +161,25 @@ class PhaseGridConv2d(nn.Module):
         self.weight = nn.Parameter(weight.reshape(4 * out_channels, 4 * in_channels, taps, taps), requires_grad=False)
         bias = conv.bias if conv.bias is not None else torch.zeros(out_channels, device=conv.weight.device)
         self.bias = nn.Parameter(bias.detach().repeat_interleave(4), requires_grad=False)
+        self.kernel_size = size
+
+    def plain_conv(self) -> nn.Conv2d:
+        """The KxK convolution this was made from (exactly: every one of its taps was copied, not summed)."""
+        half, taps = self.kernel_size // 2, self.weight.shape[-1]
+        out_channels, in_channels = self.weight.shape[0] // 4, self.weight.shape[1] // 4
+        phases = self.weight.reshape(out_channels, 2, 2, 2, 2, in_channels, taps, taps)
+        conv = nn.Conv2d(in_channels, out_channels, self.kernel_size, padding=half, device=self.weight.device,
+                         dtype=self.weight.dtype).requires_grad_(False)
+        # Phase (p, q) = (0, 0) with input phase a = -dy mod 2 reaches every row offset dy once (likewise columns).
+        for dy in range(-half, half + 1):
+            a = dy % 2
+            row_tap = (dy + a) // 2 - self.first_offset
+            for dx in range(-half, half + 1):
+                b = dx % 2
+                column_tap = (dx + b) // 2 - self.first_offset
+                conv.weight[:, :, dy + half, dx + half] = phases[:, 0, 0, a, b, :, row_tap, column_tap]
+        conv.bias.copy_(self.bias[::4])
+        return conv
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(F.conv2d(grid, self.weight, self.bias, padding=-self.first_offset), 2)
@@ -196,6 +228,12 @@ class UpBlock2d(ConvNormRelu):
         if isinstance(self.upsample, nn.Upsample):
             self.conv = NearestUpsampleConv2d(self.conv, output)
             self.upsample = nn.Identity()
+
+    def unfuse_upsampling(self) -> None:
+        """Undo :meth:`fuse_upsampling`: the nearest upsampling, then the plain convolution."""
+        if isinstance(self.conv, NearestUpsampleConv2d):
+            self.conv = self.conv.plain_conv()
+            self.upsample = nn.Upsample(scale_factor=2.0, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.upsample(x))

@@ -115,6 +115,38 @@ def test_fused_model_fuses_only_the_generator_decoder(small_model):
     assert [block.conv.output for block in generator.up_blocks] == ["image"] * last + ["phase_grid"]
 
 
+FUSIONS = {"upsample-image": NearestUpsampleConv2d, "upsample-phase-grid": lambda conv: NearestUpsampleConv2d(conv, "phase_grid"),
+           "phase-grid": PhaseGridConv2d}
+
+
+@pytest.mark.parametrize("fusion, kernel_size", [("upsample-image", 3), ("upsample-phase-grid", 3), ("phase-grid", 3),
+                                                 ("phase-grid", 5), ("phase-grid", 7)])
+def test_plain_conv_gives_back_the_fused_convolution(fusion, kernel_size):
+    conv = nn.Conv2d(6, 5, kernel_size, padding=kernel_size // 2)
+    plain = FUSIONS[fusion](conv).plain_conv()
+    assert (plain.kernel_size, plain.padding, plain.in_channels, plain.out_channels) == (
+        conv.kernel_size, conv.padding, 6, 5)
+    torch.testing.assert_close(plain.weight, conv.weight, rtol=0, atol=1e-7)
+    torch.testing.assert_close(plain.bias, conv.bias, rtol=0, atol=0)
+
+
+def test_unfused_generator_renders_what_the_fused_one_does(small_model, small_inputs):
+    import copy
+
+    fused = small_model.generator
+    plain = copy.deepcopy(fused)
+    plain.unfuse_upsampling()
+    assert not any(isinstance(module, (NearestUpsampleConv2d, PhaseGridConv2d)) for module in plain.modules())
+    assert all(isinstance(block.upsample, nn.Upsample) for block in plain.up_blocks)
+    assert any(isinstance(module, PhaseGridConv2d) for module in fused.modules())  # the copy only
+    frames = torch.from_numpy(small_inputs["driving"]).permute(0, 3, 1, 2).float() / 255
+    source = frames[:1]
+    with torch.no_grad():
+        state = fused.encode_source(source, small_model.kp_detector(source))
+        driving = small_model.kp_detector(frames)
+        torch.testing.assert_close(plain.render(state, driving), fused.render(state, driving), rtol=0, atol=1e-5)
+
+
 def test_antialias_kernel_and_strided_sampling():
     down = AntiAliasDownsample(3, 0.25)
     assert down.weight.shape == (3, 1, 13, 13)  # sigma 1.5 -> 2*round(6)+1 taps
