@@ -82,13 +82,14 @@ def limit_send_buffers(transport: asyncio.BaseTransport | None) -> None:
     writer (256 KiB, see ``writer_limit``), asyncio's TLS transport (512 KiB)
     and TCP transport (64 KiB), and the kernel's send buffer (grown to
     megabytes): seconds of stale video on a slow link.  Here each asyncio
-    layer pauses the one above while it holds anything (high water 0: at most
-    the write in progress) and the kernel keeps at most KERNEL_UNSENT_BYTES
-    not yet sent (TCP_NOTSENT_LOWAT, where the system has it); the TCP
-    transport under TLS is reached through the TLS transport's
-    ``_ssl_protocol`` (the standard library's; another event loop's is left as
-    it is).  The next frame then waits in the session's Outbox, where a newer
-    one replaces it.
+    layer pauses the one above while it holds anything (high water 1, not 0:
+    the TLS transport pauses at ``size >= high``, so 0 would pause it while
+    empty, and a send would wait for the peer's next message), and the
+    kernel keeps at most KERNEL_UNSENT_BYTES not yet sent (TCP_NOTSENT_LOWAT,
+    where the system has it).  The TCP transport under TLS is reached through
+    the TLS transport's ``_ssl_protocol`` (the standard library's; another
+    event loop's is left as it is).  The next frame then waits in the
+    session's Outbox, where a newer one replaces it.
     """
     if transport is None:
         return
@@ -98,10 +99,10 @@ def limit_send_buffers(transport: asyncio.BaseTransport | None) -> None:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, KERNEL_UNSENT_BYTES)
         except OSError as error:
             log.debug("TCP_NOTSENT_LOWAT not set: %s", error)
-    transport.set_write_buffer_limits(high=0)
+    transport.set_write_buffer_limits(high=1, low=0)
     below_tls = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
     if isinstance(below_tls, asyncio.WriteTransport):
-        below_tls.set_write_buffer_limits(high=0)
+        below_tls.set_write_buffer_limits(high=1, low=0)
 
 
 async def close_within(ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, code: int, reason: bytes,
