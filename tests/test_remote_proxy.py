@@ -190,7 +190,8 @@ def proxy(tmp_path_factory, server, certificate):
     running = NginxProcess(tmp_path_factory.mktemp("nginx"), free_port(), certificate,
                            [readme_location(PREFIX, server.port, server_cert),
                             readme_location(DOWN_PREFIX, nobody_listens, server_cert),
-                            "location / { return 404; }"]).start()  # the site's other paths
+                            "location /private/ { return 403; }",
+                           "location / { return 404; }"]).start()  # the site's other paths
     yield running
     running.stop()
 
@@ -302,3 +303,13 @@ def test_a_path_the_proxy_does_not_serve_is_named(tmp_path, server, proxy, certi
                             known_hosts=tmp_path / "known.json")
     with pytest.raises(RemoteError, match=r"no render server at wss://127\.0\.0\.1:\d+/elsewhere/v1/session \(HTTP 404\)"):
         client.start(timeout=10)
+
+
+def test_an_answer_that_is_no_websocket_is_refused_at_once(tmp_path, server, proxy, certificate):
+    # A page the site forbids (HTTP 403) is no render server: the client says so instead of retrying for 10 s.
+    client = RemoteRenderer(proxied_url(proxy, "/private/"), server.token, fingerprint=certificate.fingerprint,
+                            known_hosts=tmp_path / "known.json")
+    begin = time.monotonic()
+    with pytest.raises(RemoteError, match=r"answered HTTP 403 Forbidden, not a WebSocket upgrade \(HTTP 101\)"):
+        client.start(timeout=10)
+    assert time.monotonic() - begin < 8, "a 403 was retried as if the server were restarting"

@@ -26,6 +26,7 @@ bytes per message more).
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import os
 import ssl
@@ -320,11 +321,15 @@ class RemoteRenderer:
             wait = (error.headers or {}).get("Retry-After", "a few")
             return RemoteError(f"the server refuses this address for {wait} s after repeated wrong tokens (HTTP 429)")
         if error.status in (404, 405):
-            return RemoteError(f"no render server at {self.url} (HTTP {error.status}): the path is /v1/session")
+            return RemoteError(f"no render server at {self.url} (HTTP {error.status}): the path is /v1/session, after "
+                               "a reverse proxy's prefix if there is one (wss://host/prefix/v1/session)")
         if error.status == 400:
             return RemoteError(f"{self.url} did not accept a WebSocket (HTTP 400): a proxy in between must pass "
                                "WebSocket upgrades (Upgrade and Connection headers)")
-        return _Transient(f"HTTP {error.status} {error.message}".strip())  # a proxy's 502/503 while the server is down
+        if error.status in (502, 503, 504):  # a reverse proxy whose server is down or restarting: worth retrying
+            return _Transient(f"HTTP {error.status} from a proxy: the render server behind it is not answering")
+        return RemoteError(f"{self.url} answered HTTP {error.status} {_reason(error.status)}, not a WebSocket upgrade "
+                           "(HTTP 101): is this the render server's address?")
 
     async def _certificate_check(self):
         """What aiohttp's ``ssl`` gets: a pinned fingerprint, or True (the system's authorities vouch for it)."""
@@ -494,6 +499,14 @@ def _unverified_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _reason(status: int) -> str:
+    """HTTP's name for ``status`` ("Forbidden"), or "" for a status it does not name."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _describe(error: BaseException | None) -> str:
