@@ -245,9 +245,10 @@ class OpenVinoBackend(Backend):
 
     def render_module(self) -> torch.nn.Module:
         """The render step to convert.  int8 takes a copy whose decoder upsamples and convolves plainly: quantized,
-        the phase-grid convolutions (:meth:`engine.generator.Generator.fuse_upsampling`) ran slower than the plain
-        ones here (vox-adv-256 on the AMX Xeon: 148 against 123 ms per render, medians of 28 alternating, under
-        load), while in bf16 and f32 they are as fast or faster."""
+        the phase-grid convolutions (:meth:`engine.generator.Generator.fuse_upsampling`) are no faster than the plain
+        ones, and slower when other programs share the CPU, as a video call does (vox-adv-256 on a 2-core AMX Xeon,
+        medians of 18 renders alternating: 73.7 against 72.2 ms on an idle machine, 148 against 123 ms beside a
+        load of 5-10); in bf16 and f32 the phase grids are as fast or faster (127.6 against 131.5 ms in bf16)."""
         if self.precision != "int8":
             return self.model.render_step
         generator = copy.deepcopy(self.model.generator)
