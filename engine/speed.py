@@ -2,7 +2,7 @@
 
 The start-up line and ``run_live.py --doctor`` name the end-to-end speed measured for the backend and
 precision in use, with the machine it was measured on; ``python run_live.py --benchmark`` measures this one.
-Source: ``benchmarks/RESULTS.md``, section "The FPS benchmark on the AMX Xeon" (the live tool's FrameProcessor, a
+Source: ``benchmarks/RESULTS.md``, section "The FPS benchmark on the AMX Xeon, idle" (the live tool's FrameProcessor, a
 1280x720 camera frame in and out, vox-adv-256; raw report ``benchmarks/results/cpu-intel-xeon-amx-2core.json``).
 Update both together.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 MEASURED_ON = "a 2-vCPU Intel Xeon with AMX (a cloud VM)"
 END_TO_END_FPS = {  # (backend, precision) -> frames per second, camera frame in to output frame out
-    ("openvino", "int8"): 8.5,
-    ("openvino", "bfloat16"): 6.5,
-    ("openvino", "float32"): 1.4,
-    ("onnxruntime", "float32"): 1.9,
+    ("openvino", "int8"): 9.3,
+    ("openvino", "bfloat16"): 6.8,
+    ("openvino", "float32"): 2.3,
+    ("onnxruntime", "float32"): 2.3,
 }
 
 

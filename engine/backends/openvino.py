@@ -42,6 +42,7 @@ from ..export import FlatKeypoints, FlatRender, flatten_source
 from ..generator import SourceState
 from ..model import RenderStep
 from ..motion import Keypoints
+from ..speed import cpu_speed
 from .artifacts import artifact_key, artifact_path, library_version, load_artifact
 from .base import Backend, BackendUnavailable
 
@@ -119,7 +120,7 @@ class OpenVinoBackend(Backend):
         report = read_report(path.with_name(path.name + ".quality.json"))
         if report is None:
             return ("faster opt-in: --precision int8 (quantized, quality-gated on faces), not built here yet: its first "
-                    "start calibrates it and measures its speed")
+                    f"start calibrates it and measures its speed here ({cpu_speed('openvino', 'int8')})")
         int8_ms, own_ms = report["ms_per_frame"], self.measure_ms()
         figures = (f"{int8_ms:.0f} ms per frame measured here against {own_ms:.0f} ms for {self.precision}, worst "
                    f"held-out PSNR {report['worst_psnr_db']:.1f} dB")
