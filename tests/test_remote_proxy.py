@@ -276,7 +276,8 @@ def test_with_nginx_up_and_the_server_down_the_client_says_so_and_exits_non_zero
     assert status == 1, stderr
     # nginx answers 502 Bad Gateway; the client retries for its 10 s of start-up, then names the address and the 502.
     url = re.escape(proxied_url(proxy, DOWN_PREFIX))
-    assert re.search(rf"error: (no answer from|cannot reach the render server at) {url}\b.*HTTP 502", stderr), stderr
+    assert re.search(rf"error: (no answer from|cannot reach the render server at) {url}\b.*HTTP 502 Bad Gateway: the "
+                     r"render server \(or the proxy or tunnel in front of it\) is not answering", stderr), stderr
     assert "Traceback" not in stderr and not runs["server down"].output.exists()
     assert re.search(r"connect\(\) failed \(\d+: Connection refused\) while connecting to upstream", proxy.log())
 

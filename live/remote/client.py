@@ -326,8 +326,10 @@ class RemoteRenderer:
         if error.status == 400:
             return RemoteError(f"{self.url} did not accept a WebSocket (HTTP 400): a proxy in between must pass "
                                "WebSocket upgrades (Upgrade and Connection headers)")
-        if error.status in (502, 503, 504):  # a reverse proxy whose server is down or restarting: worth retrying
-            return _Transient(f"HTTP {error.status} from a proxy: the render server behind it is not answering")
+        if 500 <= error.status <= 599:  # a proxy or tunnel whose server is down or restarting (502, 503, 504,
+            # Cloudflare's 520-530), or the server failing for a moment: worth retrying
+            return _Transient(f"HTTP {error.status} {_reason(error.status)}".rstrip() + ": the render server (or the "
+                              "proxy or tunnel in front of it) is not answering")
         return RemoteError(f"{self.url} answered HTTP {error.status} {_reason(error.status)}, not a WebSocket upgrade "
                            "(HTTP 101): is this the render server's address?")
 
