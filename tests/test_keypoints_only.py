@@ -59,3 +59,10 @@ def test_random_weights_build_no_generator(monkeypatch):
     assert model.generator is None and model.networks == (model.kp_detector,)
     with pytest.raises(AssertionError, match="a generator was built"):  # what the default still builds
         load_model(CONFIG, None)
+
+
+def test_auto_keeps_a_clients_keypoint_detector_in_float32(tmp_path, monkeypatch):
+    # Where the CPU has bfloat16, auto would pick it for a full model; a client's keypoints stay float32.
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path))
+    model = load_model(CONFIG, CHECKPOINT, backend="auto", keypoints_only=True)
+    assert model.backend.precision == "float32", model.describe()

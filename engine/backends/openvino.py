@@ -104,7 +104,7 @@ class OpenVinoBackend(Backend):
 
     def auto_choice_reason(self) -> str:
         if not self.model.renders:
-            return "the fastest keypoint detector here"
+            return "the fastest float32 keypoint detector here (a remote client's keypoints stay float32)"
         if self.precision == "bfloat16":
             why = ("the fastest variant here whose frames stay within the project's bfloat16 tolerance (1.5e-2 of "
                    "float32; OpenVINO bfloat16 measured 5.7e-3 on the test fixture)")
@@ -116,7 +116,10 @@ class OpenVinoBackend(Backend):
         """The faster opt-in, int8, with its speed here when it was built on this machine (its quality report)."""
         from .openvino_int8 import read_report
 
-        path = self.artifact("render", "int8")
+        try:
+            path = self.artifact("render", "int8")
+        except BackendUnavailable as error:  # the shipped calibration faces are missing or unreadable
+            return f"--precision int8 cannot be built here: {error}"
         report = read_report(path.with_name(path.name + ".quality.json"))
         if report is None:
             return ("faster opt-in: --precision int8 (quantized, quality-gated on faces), not built here yet: its first "
@@ -147,6 +150,7 @@ class OpenVinoBackend(Backend):
         self.description = f"OpenVINO {openvino.__version__} on {self.versions['openvino_device']}"
         self.render_model = self.render_request = self.quality = None
         if not model.renders:
+            self.precision = detector_precision  # all it runs (int8 would name a render graph it does not have)
             return
         if precision == "int8":
             from .openvino_int8 import DEFAULT_GATE, build_int8_render
