@@ -8,6 +8,7 @@ is whole for the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -158,6 +159,32 @@ def wait_for_frame(client: RemoteRenderer, timeout: float = 60.0, submit_every: 
             return frame, sent
         time.sleep(submit_every)
     raise AssertionError(f"no frame within {timeout} s: {client.status}; server says {client.server_message}")
+
+
+@contextlib.contextmanager
+def steadily_driven(client: RemoteRenderer, interval: float):
+    """Submit keypoints to ``client`` every ``interval`` seconds from a thread while the block runs; yields the list
+    the thread appends each new frame's arrival to (``time.monotonic()``).  The client is closed at the end."""
+    frame_times: list[float] = []
+    stop = threading.Event()
+
+    def drive():
+        step = 0
+        while not stop.is_set():
+            step += 1
+            client.submit(*motion(step))
+            if client.latest() is not None:
+                frame_times.append(time.monotonic())
+            time.sleep(interval)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        yield frame_times
+    finally:
+        stop.set()
+        driver.join()
+        client.close()
 
 
 def local_render(model, avatar: np.ndarray, value: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
@@ -520,18 +547,6 @@ def test_fuzzing_never_stops_a_well_behaved_session(server, model, avatar, known
     good = connect(server, known_hosts, fingerprint)
     good.set_avatar(avatar)
     wait_for_frame(good)
-    frame_times: list[float] = []
-    stop = threading.Event()
-
-    def drive():
-        step = 0
-        while not stop.is_set():
-            step += 1
-            good.submit(*motion(step))
-            if good.latest() is not None:
-                frame_times.append(time.monotonic())
-            time.sleep(0.03)
-
     sent = sessions = refused = 0
 
     async def fuzzer(seed: int, budget: int, deadline: float):
@@ -564,10 +579,8 @@ def test_fuzzing_never_stops_a_well_behaved_session(server, model, avatar, known
                     await ws.close()
                     await reader
 
-    driver = threading.Thread(target=drive, daemon=True)
-    driver.start()
-    started = time.monotonic()
-    try:
+    with steadily_driven(good, 0.03) as frame_times:
+        started = time.monotonic()
         deadline = started + 25
 
         async def fuzz():
@@ -577,10 +590,6 @@ def test_fuzzing_never_stops_a_well_behaved_session(server, model, avatar, known
         asyncio.run(fuzz())
         fuzzed_until = time.monotonic()
         time.sleep(1.0)
-    finally:
-        stop.set()
-        driver.join()
-        good.close()
     assert sent >= 2000 and sessions >= 50, (sent, sessions, refused)
     closed_for_garbage = len(re.findall(r"closed: 20 malformed messages within 10 s", server.log()))
     assert closed_for_garbage >= 20, closed_for_garbage
