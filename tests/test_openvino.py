@@ -321,3 +321,13 @@ def test_the_int8_cache_key_holds_the_calibration_set(tmp_path, monkeypatch):
     monkeypatch.setattr(openvino_int8, "faces_file", lambda: other)
     assert OpenVinoBackend.artifact(backend, "render", "int8") != shipped
     assert OpenVinoBackend.artifact(backend, "render", "float32") == float32  # float models do not calibrate
+
+
+def test_auto_without_the_calibration_faces_still_runs_and_says_int8_cannot_be_built(in_shared_home, monkeypatch,
+                                                                                   tmp_path, caplog):
+    monkeypatch.setattr(openvino_int8, "faces_file", lambda: tmp_path / "missing" / "faces.npz")
+    with caplog.at_level(logging.INFO, logger="engine.backends"):
+        model = load_model(CONFIG, CHECKPOINT, backend="auto")
+    assert model.backend.name == "openvino"
+    assert re.search(r"auto chose backend openvino \w+: .*--precision int8 cannot be built here: int8 calibration needs "
+                     r"the face photographs shipped in .*missing/faces\.npz, which cannot be read", caplog.text)
