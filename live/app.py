@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import EngineError, load_model
-from engine.config import ModelConfig, config_path, released_models
-from engine.weights import find_checkpoint
+from engine.config import ModelConfig
 
 from .avatars import AvatarError, AvatarLibrary
 from .capture import CameraError, FrameSource, open_camera
 from .global_hotkeys import start_global_hotkeys
 from .hotkeys import LiveState, action_for_key
 from .pipeline import Pipeline
-from .preflight import PreflightError, check_output_path, check_some_output
+from .preflight import PreflightError, check_output_path, check_some_output, model_and_checkpoint
 from .preview import PreviewWindow
 from .processor import FrameProcessor
 from .signals import StopRequested, on_stop_signals, raise_stop
@@ -85,11 +84,7 @@ def check_options(args: argparse.Namespace) -> Checked:
     library = AvatarLibrary(args.source)
     output = check_output_path(args.output, args.camera) if args.output else None
     source = open_camera(args.camera)
-    config = ModelConfig.from_yaml(config_path(args.config))
-    if args.checkpoint is None and config.name not in released_models():
-        raise PreflightError(f"--config {args.config} is not a released model, so there are no released weights for "
-                             "it: pass --checkpoint PATH")
-    checkpoint = find_checkpoint(args.checkpoint, model=config.name)
+    config, checkpoint = model_and_checkpoint(args.config, args.checkpoint)
     height, width = config.frame_size
     size = args.output_size or ((width, height) if args.square else (1280, 720))
     return Checked(library, source, output, config, checkpoint, size, offline=not source.realtime and args.no_preview)

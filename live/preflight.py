@@ -11,11 +11,24 @@ import os
 import tempfile
 from pathlib import Path
 
+from engine.config import ModelConfig, released_models
+from engine.weights import find_checkpoint
+
 OUTPUT_SUFFIX = ".mp4"
 
 
 class PreflightError(ValueError):
     """The options ask for something that cannot work."""
+
+
+def model_and_checkpoint(config: str, checkpoint: str | None) -> tuple[ModelConfig, Path]:
+    """``--config`` (a released model's name or a YAML file) and the checkpoint to load for it: ``--checkpoint``, else
+    that model's released weights where ``--download-weights`` puts them (CheckpointError saying how to get them)."""
+    model = ModelConfig.load(config)
+    if checkpoint is None and model.name not in released_models():
+        raise PreflightError(f"--config {config} is not a released model, so there are no released weights for it: "
+                             "pass --checkpoint PATH")
+    return model, find_checkpoint(checkpoint, model=model.name)
 
 
 def check_output_path(output: str, camera: str) -> Path:

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from engine.config import config_path
+
 REPO = Path(__file__).resolve().parent.parent
 TOPICS = ["python", "packages", "gpu", "backend eager (cpu)", "cache", "cameras", "virtual camera device", "display",
           "video output", "ffmpeg", "weights"]
@@ -161,3 +165,17 @@ def test_doctor_shows_the_int8_quality_figures_stored_beside_the_models(tmp_path
     assert "worst PSNR 41.5 dB" in passed.detail and "8 held-out face frames" in passed.detail
     refused = next(line for line in lines if line.status == "WARN")
     assert "21.0 dB" in refused.detail and "refused" in refused.detail and refused.fix
+
+
+@pytest.mark.parametrize("mode", [["--serve"], []], ids=["server", "live tool"])
+def test_the_weights_looked_for_are_those_of_the_config_named(tmp_path, mode):
+    # The server and the live tool find a model's checkpoint the same way: --config vox-256 looks for vox-256's.
+    live_args = [] if mode else inputs_of_a_first_run(tmp_path)
+    result = run_tool(*mode, "--config", "vox-256", *live_args, home=tmp_path / "home", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(tmp_path / "home" / "weights" / "vox-cpk.pth.tar") in result.stderr
+    assert str(tmp_path / "home" / "weights" / "vox-adv-cpk.pth.tar") not in result.stderr
+    custom = tmp_path / "mine.yaml"
+    custom.write_text(config_path("vox-256").read_text())
+    result = run_tool(*mode, "--config", str(custom), *live_args, home=tmp_path / "home", cwd=tmp_path)
+    assert result.returncode == 1 and f"--config {custom} is not a released model" in result.stderr, result.stderr

@@ -306,14 +306,16 @@ def serve(args: argparse.Namespace) -> int:
     without --token-file, an unusable certificate, a port in use) returns 1.
     """
     from engine import EngineError, load_model
-    from engine.weights import cache_root, find_checkpoint
+    from engine.weights import cache_root
+
+    from ..preflight import PreflightError, model_and_checkpoint
 
     try:
         token, token_file, ssl_context, fingerprint = _prepare(args, cache_root() / "server")
-        checkpoint = find_checkpoint(args.checkpoint)
-        log.info("loading %s from %s (backend %s)", args.config, checkpoint, args.backend)
-        model = load_model(args.config, checkpoint, device=args.device, backend=args.backend, precision=args.precision)
-    except (ServeError, EngineError) as error:
+        config, checkpoint = model_and_checkpoint(args.config, args.checkpoint)
+        log.info("loading %s from %s (backend %s)", config.name, checkpoint, args.backend)
+        model = load_model(config, checkpoint, device=args.device, backend=args.backend, precision=args.precision)
+    except (ServeError, EngineError, PreflightError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     log.info("%s", model.describe())
