@@ -61,7 +61,6 @@ class FrameProcessor:
         self.render = render or LocalRender(model)
         self.composer = Composer(output_size, square)
         self._animated: np.ndarray | None = None  # the last rendered square, held while no new one is ready
-        self._last_crop: np.ndarray | None = None
         self._last_frame: np.ndarray | None = None
         self._show(self.avatars.want(0))
 
@@ -83,8 +82,9 @@ class FrameProcessor:
             else:
                 self.search.start(self.avatar.framed.crop)
         elif request is Request.RELOAD_AVATARS:
+            shown = self.avatars.index
             count = self.avatars.reload()
-            self._show(self.avatars.want(self.avatars.index))
+            self._show(self.avatars.want(shown))
             return count
         return None
 
@@ -142,6 +142,7 @@ class FrameProcessor:
             return
         self.motion.set_avatar(self.render.set_avatar(avatar.framed.crop))
         self.composer.set_avatar(avatar)
+        self._animated = None  # the last avatar's face must not be pasted onto this one while its first renders
 
 
 def _ms(start: float) -> float:

@@ -11,6 +11,7 @@ import numpy as np
 from live.avatars import AvatarLibrary
 from live.hotkeys import LiveState, Request
 from live.processor import FrameProcessor
+from live.stages.render import LocalRender
 from live.status import StatusBoard
 
 from .live_media import driving_frames, write_avatar
@@ -57,5 +58,49 @@ def test_a_folder_that_shrank_never_breaks_the_frames_of_a_stale_selection(tmp_p
         # The main thread has not merged the new count yet: the frame still renders, from the last avatar left.
         assert processor.process(frame, stale).output.shape == (180, 320, 3)
         assert processor.avatar.name == "1.png"
+    finally:
+        processor.close()
+
+
+def test_reloading_reads_the_shown_avatar_again(tmp_path, small_model):
+    write_avatar(tmp_path / "1.png")
+    processor, _ = make_processor(small_model, tmp_path)
+    state = LiveState(avatar_count=1)
+    try:
+        first = processor.avatar.photo
+        write_avatar(tmp_path / "1.png", size=(600, 900))  # the user edits the picture, then presses R
+        assert processor.handle(Request.RELOAD_AVATARS) == 1
+        assert processor.avatar.photo.shape == (600, 900, 3) != first.shape
+        assert processor.process(driving_frames(1)[0], state).output.shape == (180, 320, 3)
+    finally:
+        processor.close()
+
+
+class FirstAvatarOnly(LocalRender):
+    """Renders the first avatar; for a later one no frame is ready yet (a render server that has not answered)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.avatars = 0
+
+    def set_avatar(self, crop):
+        self.avatars += 1
+        return super().set_avatar(crop)
+
+    def render(self, keypoints):
+        return super().render(keypoints) if self.avatars == 1 else None
+
+
+def test_after_a_switch_the_old_face_is_never_pasted_onto_the_new_avatar(tmp_path, small_model):
+    write_avatar(tmp_path / "1.png")
+    write_avatar(tmp_path / "2.png", size=(600, 900))
+    processor = FrameProcessor(small_model, AvatarLibrary(tmp_path), StatusBoard(log=io.StringIO()), (320, 180),
+                               render=FirstAvatarOnly(small_model))
+    frame = driving_frames(1)[0]
+    try:
+        processor.process(frame, LiveState(avatar_count=2))
+        output = processor.process(frame, LiveState(avatar_index=1, avatar_count=2)).output
+        # Until its first frame comes, the new avatar is shown as it is.
+        assert np.array_equal(output, processor.composer.output(processor.avatar.framed.crop))
     finally:
         processor.close()

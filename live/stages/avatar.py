@@ -49,9 +49,10 @@ class AvatarStage:
         return avatar
 
     def reload(self) -> int:
-        """Rescan the folder; returns how many avatars it holds now (raises AvatarError if none)."""
+        """Rescan the folder; returns how many avatars it holds now (raises AvatarError if none).  The selection is
+        read again on the next :meth:`want`: its file may have been edited, or others may have shifted the list."""
         self.library.scan()
-        self._unloadable = -1
+        self.index = self._unloadable = -1
         return len(self.library)
 
     def close(self) -> None:
