@@ -110,7 +110,6 @@ class AvatarMessage:
 class FrameMessage:
     sequence: int
     server_ms: float
-    jpeg: bytes
 
 
 # ---- text messages --------------------------------------------------------------------------------------------
@@ -287,12 +286,11 @@ def decode_frame(data: bytes, frame_size: tuple[int, int]) -> tuple[FrameMessage
     kind, _, _, sequence, server_ms = FRAME_HEADER.unpack_from(data)
     if kind != KIND_FRAME:
         raise ProtocolError(f"frame message: bad kind {kind}")
-    jpeg = data[FRAME_HEADER.size:]
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8, offset=FRAME_HEADER.size), cv2.IMREAD_COLOR)
     if image is None or image.shape[:2] != tuple(frame_size):
         found = "nothing decodable" if image is None else f"{image.shape[1]}x{image.shape[0]}"
         raise ProtocolError(f"frame: expected a {frame_size[1]}x{frame_size[0]} JPEG, found {found}")
-    return FrameMessage(sequence, float(server_ms), bytes(jpeg)), cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return FrameMessage(sequence, float(server_ms)), cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 # ---- the model's identity -------------------------------------------------------------------------------------

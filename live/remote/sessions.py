@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.images import image_to_tensor, tensor_to_image
+from engine.animator import SourceRenderer
 from engine.motion import Keypoints
 
 from .protocol import AvatarReady, KeypointsMessage, ServerError, encode_frame, encode_jpeg, encode_text
@@ -90,7 +90,7 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending_avatar: tuple[int, np.ndarray] | None = None  # (avatar id, HxWx3 uint8 RGB)
     pending_keypoints: KeypointsMessage | None = None
-    source_state: object | None = None  # the encoded avatar (engine SourceState); render thread only
+    renderer: SourceRenderer | None = None  # the encoded avatar, rendered in each pose; render thread only
     closed: bool = False
     frames_rendered: int = 0
     stale_keypoints: int = 0  # pending keypoints replaced by newer ones before they were rendered
@@ -110,7 +110,6 @@ class RenderWorker:
         self._condition = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="render", daemon=True)
-        self.server_ms: deque[float] = deque(maxlen=1000)  # per frame rendered, newest last
 
     def start(self) -> None:
         self._thread.start()
@@ -144,7 +143,7 @@ class RenderWorker:
             if session in self._ready:
                 self._ready.remove(session)
         # The render thread may still hold the state for a job it is finishing; it drops it after.
-        session.source_state = None
+        session.renderer = None
 
     def _wake(self, session: Session) -> None:
         with self._condition:
@@ -183,19 +182,20 @@ class RenderWorker:
         elif keypoints is not None:
             self._render(session, keypoints)
         if session.closed:
-            session.source_state = None
+            session.renderer = None
 
     def _encode_avatar(self, session: Session, avatar_id: int, image: np.ndarray) -> None:
         started = time.perf_counter()
-        model = self.model
+        renderer = SourceRenderer(self.model)
         with torch.inference_mode():
-            session.source_state = model.encode_source(image_to_tensor(image, model.frame_size, model.device, "avatar"))
+            renderer.set_source(image)
+        session.renderer = renderer
         ms = (time.perf_counter() - started) * 1000
         log.debug("session %d: avatar %d encoded in %.1f ms", session.id, avatar_id, ms)
         session.outbox.from_thread(session.outbox.put_control, encode_text(AvatarReady(avatar_id, ms)))
 
     def _render(self, session: Session, keypoints: KeypointsMessage) -> None:
-        if session.source_state is None:
+        if session.renderer is None:
             if not session.told_no_avatar:
                 session.told_no_avatar = True
                 message = ServerError("keypoints before any avatar were dropped: send the avatar first", False)
@@ -205,9 +205,8 @@ class RenderWorker:
         device = self.model.device
         driving = Keypoints(torch.from_numpy(keypoints.value[None]).to(device),
                             torch.from_numpy(keypoints.jacobian[None]).to(device))
-        image = tensor_to_image(self.model.render(session.source_state, driving), np.uint8)
+        image = session.renderer.render(driving)
         jpeg = encode_jpeg(image)
         server_ms = (time.perf_counter() - started) * 1000  # render, copy back and JPEG: the server's whole share
-        self.server_ms.append(server_ms)
         session.frames_rendered += 1
         session.outbox.from_thread(session.outbox.put_frame, encode_frame(keypoints.sequence, server_ms, jpeg))
