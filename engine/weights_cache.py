@@ -256,8 +256,9 @@ def file_signature(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}:{samples.hexdigest()[:16]}"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename; ``mode``: the file's
+    permissions (default: the temporary file's, 0600), set before it appears under ``path``.
 
     Raises OSError (the directory cannot be made or written, the disk is
     full, the file too large); no temporary file is left behind.  No fsync: a
@@ -269,6 +270,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with handle:
             handle.write(data)
+        if mode is not None:
+            os.chmod(temporary, mode)  # on Windows only the read-only flag exists
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -11,16 +11,14 @@ from pathlib import Path
 from engine import EngineError
 from engine.backends import BACKENDS
 from engine.backends import PRECISIONS
-from engine.weights import DEFAULT_CHECKPOINT_MD5, DEFAULT_WEIGHTS_URLS, default_checkpoint_path, download_weights, file_md5
+from engine.weights import (DEFAULT_CHECKPOINT_MD5, DEFAULT_MODEL, DEFAULT_WEIGHTS_URLS, default_checkpoint_path,
+                            download_weights, file_md5)
 
 from .app import run_live
 from .doctor import run_doctor
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "vox-adv-256"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import torch
 
 from ..weights import cache_root, file_sha256
+from ..weights_cache import write_atomically
 from .base import BackendUnavailable, weights_fingerprint
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def build_atomically(path: Path, build: Callable[[Path], None]) -> Path:
         digest = file_sha256(temporary)
         digest_path(path).unlink(missing_ok=True)
         os.replace(temporary, path)
-        _write_atomically(digest_path(path), digest + "\n")
+        write_atomically(digest_path(path), (digest + "\n").encode())
     finally:
         temporary.unlink(missing_ok=True)
     return path
@@ -181,14 +182,3 @@ def _verified_or_built(path: Path, build: Callable[[Path], None], action: str) -
         discard(path)
     log.info("%s (first start only: cached in %s)", action, path.parent)
     return build_atomically(path, build), True
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}-", suffix=".tmp",
-                                     delete=False) as handle:
-        handle.write(text)
-        temporary = Path(handle.name)
-    try:
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -14,10 +14,10 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import ssl
-import tempfile
 from pathlib import Path
+
+from engine.weights_cache import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def ensure_certificate(directory: Path) -> tuple[Path, Path, bool]:
     directory.mkdir(parents=True, exist_ok=True)
     key_bytes = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption())
-    _write_atomically(key, key_bytes, mode=0o600)
-    _write_atomically(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomically(key, key_bytes, mode=0o600)
+    write_atomically(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return cert, key, True
 
 
@@ -109,8 +109,7 @@ class KnownServers:
     def remember(self, address: str, fingerprint: str) -> None:
         entries = self._read()
         entries[address] = fingerprint
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.path, (json.dumps(entries, indent=1, sort_keys=True) + "\n").encode(), mode=0o644)
+        write_atomically(self.path, (json.dumps(entries, indent=1, sort_keys=True) + "\n").encode(), mode=0o644)
 
     def _read(self) -> dict[str, str]:
         try:
@@ -127,15 +126,3 @@ class KnownServers:
             raise CertificateError(f"{self.path} is not a JSON object of host:port -> fingerprint; fix it or "
                                    "remove it (every server is then trusted again on first use)")
         return entries
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(temporary, mode)  # mkstemp made it 0600; on Windows only the read-only flag exists
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
