@@ -23,6 +23,7 @@ from engine.backends import BackendUnavailable, openvino_int8  # noqa: E402
 from engine.backends import openvino as backend_module  # noqa: E402
 from engine.backends.openvino import OpenVinoBackend, openvino_core, runtime_precisions  # noqa: E402
 from engine.backends.openvino_int8 import FacePair, QualityGate, face_pairs, pair_frames, stored_reports  # noqa: E402
+from engine.backends.artifacts import artifact_key  # noqa: E402
 from engine.speed import END_TO_END_FPS, MEASURED_ON  # noqa: E402
 
 from .test_backends import CHECKPOINT, CONFIG, HALF_PRECISION_BOUNDS, TOLERANCE, frames_of  # noqa: E402
@@ -314,7 +315,7 @@ def test_a_missing_or_unreadable_calibration_set_says_to_reinstall(tmp_path, mon
 def test_the_int8_cache_key_holds_the_calibration_set(tmp_path, monkeypatch):
     """The faces are package data, outside the engine's code fingerprint: a new set must name a new int8 model."""
     model = load_model(CONFIG, CHECKPOINT)
-    backend = SimpleNamespace(model=model, versions={"openvino": "x"})
+    backend = SimpleNamespace(model=model, versions={"openvino": "x"}, _key=artifact_key(model, "", openvino="x"))
     shipped = OpenVinoBackend.artifact(backend, "render", "int8")
     float32 = OpenVinoBackend.artifact(backend, "render", "float32")
     other = write_faces(tmp_path / "faces.npz", astronaut=openvino_int8.calibration_faces()["astronaut"])

@@ -69,8 +69,9 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
                 reasons.append(f"{variant}: {error}")
                 log(f"backend {variant} cannot run here ({error}); trying the next")
                 continue
-            logging.getLogger(__name__).info("auto chose backend %s %s: %s", candidate, chosen.precision,
-                                             chosen.auto_choice_reason())
+            logger = logging.getLogger(__name__)
+            if logger.isEnabledFor(logging.INFO):  # the reason may time the model (OpenVINO's int8 offer)
+                logger.info("auto chose backend %s %s: %s", candidate, chosen.precision, chosen.auto_choice_reason())
             return chosen
     raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
 

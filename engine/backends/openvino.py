@@ -142,6 +142,7 @@ class OpenVinoBackend(Backend):
         self.openvino = openvino
         self.core = openvino_core()
         self.versions = dict(openvino=openvino.__version__, openvino_device=self.device_description())
+        self._key = artifact_key(model, "", **self.versions)  # hashing the weights once, not per artifact looked up
         self._example = None
         # int8 quantizes the render graph only: the keypoint detector runs in float32.
         detector_precision = "float32" if precision == "int8" else precision
@@ -182,8 +183,7 @@ class OpenVinoBackend(Backend):
             extra = {"nncf": library_version("nncf"), "calibration": calibration_digest()}
         else:
             extra = {}
-        key = artifact_key(self.model, precision, **self.versions, **extra)
-        return artifact_path(f"openvino-{part}", ".blob", key, part=part)
+        return artifact_path(f"openvino-{part}", ".blob", {**self._key, "precision": precision, **extra}, part=part)
 
     def compiled(self, part: str, precision: str, convert: Callable[[], object]):
         """The compiled ``part`` graph in ``precision``: imported from the cache when it holds a trusted copy,
