@@ -154,11 +154,24 @@ def _released_checkpoint(config: ModelConfig) -> Path:
 
 
 Networks = tuple[KeypointDetector, "Generator | None"]
+RANDOM_WEIGHTS_SEED = 0
 
 
 def _build_networks(config: ModelConfig, align_corners: bool, keypoints_only: bool) -> Networks:
+    kp_detector = KeypointDetector(config.kp_detector)  # first: random weights draw the same detector with or without
     generator = None if keypoints_only else Generator(config.generator, align_corners=align_corners)
-    return KeypointDetector(config.kp_detector), generator
+    return kp_detector, generator
+
+
+def _random_networks(config: ModelConfig, align_corners: bool, keypoints_only: bool) -> Networks:
+    """The networks with random weights drawn from RANDOM_WEIGHTS_SEED, the caller's random state left as it was.
+
+    Every process then builds the same model: its compiled graphs come from the cache instead of being rebuilt
+    (and stored again) on every start, and timings of separate runs compare like for like.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return _build_networks(config, align_corners, keypoints_only)
 
 
 def _filled_networks(config: ModelConfig, state_dicts: StateDicts, align_corners: bool, keypoints_only: bool) -> Networks:
@@ -226,7 +239,7 @@ def load_model(
     to fetch them when they are in neither); or an original ``.pth.tar`` (or
     the same state dicts as ``.safetensors``), of which only the
     ``generator`` and ``kp_detector`` entries are used, strictly (every key
-    used, none missing).  ``None`` keeps random weights (benchmarks and tests only).
+    used, none missing).  ``None`` keeps random weights, the same in every process (benchmarks and tests only).
     align_corners: the ``grid_sample`` convention; True is what the
     released models were trained with (torch < 1.3), False reproduces the
     unmodified original code on today's torch.  fuse_layers: fold
@@ -247,7 +260,7 @@ def load_model(
     if checkpoint is RELEASED_WEIGHTS:
         checkpoint = _released_checkpoint(config)
     if checkpoint is None:
-        kp_detector, generator = _build_networks(config, align_corners, keypoints_only)
+        kp_detector, generator = _random_networks(config, align_corners, keypoints_only)
     else:
         checkpoint = Path(checkpoint)
         cache = WeightsCache(cache_root()) if weights_cache and checkpoint.suffix != ".safetensors" else None

@@ -66,3 +66,18 @@ def test_auto_keeps_a_clients_keypoint_detector_in_float32(tmp_path, monkeypatch
     monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path))
     model = load_model(CONFIG, CHECKPOINT, backend="auto", keypoints_only=True)
     assert model.backend.precision == "float32", model.describe()
+
+
+def test_random_weights_are_the_same_in_every_load_and_leave_the_callers_random_state_alone():
+    # Benchmarks load random weights in separate processes: their compiled graphs must be found in the cache again,
+    # and a remote client's detector must be the server's.
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)
+    torch.manual_seed(123)
+    full = load_model(CONFIG, None)
+    assert torch.equal(torch.rand(4), expected_next)
+    again, detector_only = load_model(CONFIG, None), load_model(CONFIG, None, keypoints_only=True)
+    for network, other in ((full.generator, again.generator), (full.kp_detector, again.kp_detector),
+                           (full.kp_detector, detector_only.kp_detector)):
+        theirs = other.state_dict()
+        assert all(torch.equal(tensor, theirs[name]) for name, tensor in network.state_dict().items())
