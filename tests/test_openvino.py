@@ -24,7 +24,7 @@ from engine.backends import openvino as backend_module  # noqa: E402
 from engine.backends.openvino import OpenVinoBackend, openvino_core, runtime_precisions  # noqa: E402
 from engine.backends.openvino_int8 import FacePair, QualityGate, face_pairs, pair_frames, stored_reports  # noqa: E402
 from engine.backends.artifacts import artifact_key  # noqa: E402
-from engine.speed import END_TO_END_FPS, MEASURED_ON  # noqa: E402
+from engine.speed import MEASURED_ON, fps_range  # noqa: E402
 
 from .test_backends import CHECKPOINT, CONFIG, HALF_PRECISION_BOUNDS, TOLERANCE, frames_of  # noqa: E402
 
@@ -116,7 +116,7 @@ def test_auto_on_the_cpu_picks_native_bfloat16_else_float32_and_says_why(home, m
     assert "backend openvino bfloat16 cannot run here (bfloat16 is not native on this CPU" in caplog.text
     assert ("auto chose backend openvino float32: the fastest float32 here; faster opt-in: --precision int8 (quantized, "
             "quality-gated on faces), not built here yet: its first start calibrates it and measures its speed here "
-            f"(measured {END_TO_END_FPS['openvino', 'int8']:g} frames per second end to end with openvino int8 on "
+            f"(measured {fps_range('openvino', 'int8')} frames per second end to end with openvino int8 on "
             f"{MEASURED_ON}") in caplog.text
 
 
