@@ -110,11 +110,11 @@ class FirstOrderModel:
             props = torch.cuda.get_device_properties(device)
             where = f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
         else:
-            where = "the CPU"
+            where = self.backend.accelerator or "the CPU"
         if not self.renders:
             return f"{self.config.name} keypoint detector on {where}: backend {self.backend.name}, {self.backend.precision}"
         line = f"{self.config.name} on {where}: backend {self.backend.name}, {self.backend.precision}"
-        if device.type == "cpu":
+        if device.type == "cpu" and self.backend.accelerator is None:
             line += f" -- no GPU in use: {cpu_speed(self.backend.name, self.backend.precision)}"
         return line
 

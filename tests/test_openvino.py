@@ -21,7 +21,7 @@ pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install -
 from engine import load_model  # noqa: E402
 from engine.backends import BackendUnavailable, openvino_int8  # noqa: E402
 from engine.backends import openvino as backend_module  # noqa: E402
-from engine.backends.openvino import OpenVinoBackend, openvino_core, runtime_precisions  # noqa: E402
+from engine.backends.openvino import OpenVinoBackend, OpenVinoGpuBackend, openvino_core, runtime_precisions  # noqa: E402
 from engine.backends.openvino_int8 import FacePair, QualityGate, face_pairs, pair_frames, stored_reports  # noqa: E402
 from engine.backends.artifacts import artifact_key  # noqa: E402
 from engine.speed import MEASURED_ON, fps_range  # noqa: E402
@@ -194,6 +194,44 @@ def test_int8_failing_the_gate_when_built_is_refused_and_not_kept(home, monkeypa
     monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("a failed model is quantized again"))
     with pytest.raises(BackendUnavailable, match="fails the quality gate"):  # refused at once from its figures
         OpenVinoBackend(model, "int8", quality_gate=QualityGate(max_keypoint_error=0.0))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_intel_gpu_renders_like_eager_where_openvino_finds_one(in_shared_home, small_inputs, eager_frames, precision):
+    """Runs only beside an Intel GPU (none is reachable where this project is developed): float32 within the
+    float32 tolerance, float16 within the project's float16 bound, like every other backend."""
+    reason = OpenVinoGpuBackend.unavailable_reason(torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+    model = load_model(CONFIG, CHECKPOINT, backend="openvino-gpu", precision=precision)
+    bound = TOLERANCE if precision == "float32" else HALF_PRECISION_BOUNDS["float16"][1]
+    assert float(np.abs(frames_of(model, small_inputs) - eager_frames).max()) <= bound
+
+
+def test_the_intel_gpu_backends_own_code_runs_and_names_its_device(in_shared_home, small_inputs, eager_frames,
+                                                                    monkeypatch):
+    """No Intel GPU is reachable where this project is developed, so the GPU backend's code runs here on OpenVINO's
+    CPU device: that checks its wiring (graphs, precision, the start-up line naming the device that renders instead
+    of "no GPU in use"), not an Intel GPU."""
+    monkeypatch.setattr(OpenVinoGpuBackend, "openvino_device", "CPU")
+    monkeypatch.setattr(OpenVinoGpuBackend, "unavailable_reason", classmethod(lambda cls, device: None))
+    model = load_model(CONFIG, CHECKPOINT, backend="openvino-gpu", precision="float32")
+    device_name = openvino_core().get_property("CPU", "FULL_DEVICE_NAME")
+    assert model.describe() == f"config on {device_name}: backend openvino-gpu, float32"
+    assert float(np.abs(frames_of(model, small_inputs) - eager_frames).max()) <= TOLERANCE
+
+
+def test_auto_names_an_intel_gpu_that_openvino_finds(in_shared_home, monkeypatch, caplog):
+    with caplog.at_level(logging.INFO, logger="engine.backends"):
+        load_model(CONFIG, CHECKPOINT, backend="auto")
+        assert "openvino-gpu" not in caplog.text  # none here
+        monkeypatch.setattr(backend_module, "intel_gpu_name", lambda: "Intel(R) Arc(TM) A770 Graphics (dGPU)")
+        model = load_model(CONFIG, CHECKPOINT, backend="auto")
+    assert model.backend.name == "openvino"  # not chosen unmeasured
+    assert caplog.text.count("OpenVINO also finds an Intel GPU") == 1
+    assert ("; OpenVINO also finds an Intel GPU, Intel(R) Arc(TM) A770 Graphics (dGPU): --backend openvino-gpu renders "
+            "there (auto does not choose it unmeasured; python run_live.py --benchmark --backends "
+            "openvino,openvino-gpu compares both)") in caplog.text
 
 
 def test_intel_gpu_is_refused_with_the_reason_where_openvino_finds_none():

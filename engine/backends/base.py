@@ -42,6 +42,9 @@ class Backend(ABC):
     def __init__(self, model: "FirstOrderModel", precision: str):
         self.model = model
         self.precision = precision
+        # The device that runs the graphs when it is not the model's (an Intel GPU fed from the host), named for the
+        # start-up line; None: the model's device.
+        self.accelerator: str | None = None
         self.dtype = DTYPES.get(precision)  # None for int8
         self._source: SourceState | None = None
         self._prepared: object = None

@@ -77,6 +77,15 @@ def runtime_precisions(compiled) -> set[str]:
             if "runtimePrecision" in op.get_rt_info()}
 
 
+def intel_gpu_name() -> str | None:
+    """The full name of the first Intel GPU OpenVINO lists, or None when it lists none."""
+    core = openvino_core()
+    for device in core.available_devices:
+        if device.split(".")[0] == "GPU":
+            return str(core.get_property(device, "FULL_DEVICE_NAME"))
+    return None
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
     precisions = {"cpu": ("float32", "bfloat16", "int8")}
@@ -110,7 +119,16 @@ class OpenVinoBackend(Backend):
                    "float32; OpenVINO bfloat16 measured 5.7e-3 on the test fixture)")
         else:
             why = "the fastest float32 here"
-        return f"{why}; {self.int8_offer()}"
+        return f"{why}; {self.int8_offer()}{self.intel_gpu_offer()}"
+
+    def intel_gpu_offer(self) -> str:
+        """Where OpenVINO also finds an Intel GPU, the option that renders there ("" where it finds none).  auto does
+        not choose it: no Intel GPU has been measured against the CPU for this model."""
+        name = intel_gpu_name() if self.openvino_device == "CPU" else None
+        if name is None:
+            return ""
+        return (f"; OpenVINO also finds an Intel GPU, {name}: --backend openvino-gpu renders there (auto does not "
+                "choose it unmeasured; python run_live.py --benchmark --backends openvino,openvino-gpu compares both)")
 
     def int8_offer(self) -> str:
         """The faster opt-in, int8, with its speed here when it was built on this machine (its quality report)."""
@@ -320,9 +338,12 @@ class OpenVinoGpuBackend(OpenVinoBackend):
         reason = super().unavailable_reason(device)
         if reason:
             return reason
-        available = list(openvino_core().available_devices)
-        if not any(name.split(".")[0] == "GPU" for name in available):
-            return (f"OpenVINO finds no Intel GPU here (its devices: {available}); on Linux the GPU needs Intel's "
-                    "compute runtime (intel-opencl-icd) and the user in the 'render' group")
+        if intel_gpu_name() is None:
+            return (f"OpenVINO finds no Intel GPU here (its devices: {list(openvino_core().available_devices)}); on "
+                    "Linux the GPU needs Intel's compute runtime (intel-opencl-icd) and the user in the 'render' group")
         return None
+
+    def __init__(self, model, precision: str):
+        super().__init__(model, precision)
+        self.accelerator = self.core.get_property(self.openvino_device, "FULL_DEVICE_NAME")
 
