@@ -1,4 +1,4 @@
-"""The on-disk cache of compiled artifacts (ONNX files, TensorRT programs), shared by every backend.
+"""The on-disk cache of compiled artifacts (ONNX files, OpenVINO blobs, TensorRT programs), shared by every backend.
 
 An entry's file name is a hash of everything it depends on
 (:func:`artifact_key`): the weights (their sha256), the architecture, the
@@ -11,7 +11,9 @@ An entry is trusted only while its bytes are those it was built with:
 :func:`cached_artifact` writes ``<artifact>.sha256`` beside each artifact
 (atomically, after the artifact itself) and checks it before every use.  An
 entry that fails the check (a flipped byte, a truncated file, a missing
-digest) is logged and rebuilt, never loaded.  A backend needs two calls::
+digest) is logged and rebuilt, never loaded.  Every use marks an entry as
+recent, and after each build the entries used least recently are removed while
+the folder is over its size limit (:mod:`.eviction`).  A backend needs two calls::
 
     key = artifact_key(model, precision, onnxruntime=onnxruntime.__version__)
     path = cached_artifact(artifact_path("onnx-render", ".onnx", key, part="render"), build, "exporting ...")
@@ -33,6 +35,7 @@ import torch
 from ..weights import cache_root, file_sha256
 from ..weights_cache import write_atomically
 from .base import BackendUnavailable, weights_fingerprint
+from .eviction import LIMIT_ENV, ENTRY_NAME, cache_limit_bytes, evict, touch
 
 if TYPE_CHECKING:
     from ..model import FirstOrderModel
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 DIGEST_SUFFIX = ".sha256"
 ENGINE_ROOT = Path(__file__).resolve().parent.parent
 Loaded = TypeVar("Loaded")
+_USED_HERE: set[str] = set()  # names of the entries this process verified or built: never evicted under it
 
 
 def library_version(distribution: str) -> str:
@@ -174,11 +178,27 @@ def load_artifact(path: Path, build: Callable[[Path], None], action: str, load: 
 
 def _verified_or_built(path: Path, build: Callable[[Path], None], action: str) -> tuple[Path, bool]:
     """(path, whether it was built now)."""
+    match = ENTRY_NAME.fullmatch(path.name)
+    if match:
+        _USED_HERE.add(match["entry"])
     reason = unverified_reason(path)
     if reason is None:
+        touch(path)
         return path, False
     if reason != "absent":
         log.warning("cached artifact %s cannot be trusted (%s); rebuilding it", path, reason)
         discard(path)
+    limit = cache_limit_bytes()  # a bad setting is reported before a long build, not after it
     log.info("%s (first start only: cached in %s)", action, path.parent)
-    return build_atomically(path, build), True
+    build_atomically(path, build)
+    _keep_under_limit(path.parent, limit)
+    return path, True
+
+
+def _keep_under_limit(folder: Path, limit: int) -> None:
+    """After a build: remove the entries used least recently while the cache is over ``limit`` bytes (.eviction)."""
+    removed = evict(folder, limit, keep=_USED_HERE)
+    if removed:
+        log.info("the compiled-model cache is over its limit of %.1f GiB (%s): removed %d %s used least recently "
+                 "(%.1f MB): %s", limit / 2**30, LIMIT_ENV, len(removed), "entry" if len(removed) == 1 else "entries",
+                 sum(entry.size for entry in removed) / 1e6, ", ".join(entry.name for entry in removed))

@@ -1,0 +1,107 @@
+"""Keeps the cache of compiled artifacts under a size limit by removing the entries used least recently.
+
+Every entry's name is a hash of what it depends on (:mod:`.artifacts`), so an
+upgrade of the tool, of a backend library or of the weights leaves the old
+entries behind, never to be read again: without a limit the folder only grows
+(one vox-adv-256 variant is 50 to 240 MB; a day of development here left
+5.2 GB).  An entry is the artifact and its companions, every file named
+``<kind>-<24 hex digits>.<suffix>...`` (the ``.sha256`` digest, an int8
+``.quality.json`` report); its last use is the newest modification time among
+them, and :func:`touch` marks a use.  Files with other names (temporaries,
+TensorRT's timing cache, ONNX Runtime's engine folder) are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EngineError
+
+LIMIT_ENV = "FOMM_LIVE_CACHE_GB"
+DEFAULT_LIMIT_GB = 4.0
+ENTRY_NAME = re.compile(r"(?P<entry>[a-z0-9]+(?:-[a-z0-9]+)*-[0-9a-f]{24})\..+")
+
+
+@dataclass
+class Entry:
+    """name: ``<kind>-<hash>``; files: the artifact and its companions; size in bytes; last_used: a POSIX time."""
+
+    name: str
+    files: list[Path]
+    size: int
+    last_used: float
+
+
+def cache_limit_bytes() -> int:
+    """The limit: ``$FOMM_LIVE_CACHE_GB`` gigabytes (GiB, a positive number), else 4; EngineError for another value."""
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    if not text:
+        return int(DEFAULT_LIMIT_GB * 2**30)
+    try:
+        gigabytes = float(text)
+    except ValueError:
+        gigabytes = float("nan")
+    if not gigabytes > 0 or gigabytes == float("inf"):
+        raise EngineError(f"{LIMIT_ENV} must be a positive number of gigabytes for the compiled-model cache, "
+                          f"e.g. {DEFAULT_LIMIT_GB:g}; found {text!r}")
+    return int(gigabytes * 2**30)
+
+
+def touch(path: Path) -> None:
+    """Mark ``path`` as used now (nothing happens where the cache is read-only)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def entries(folder: Path) -> list[Entry]:
+    """The cache entries in ``folder``, least recently used first (files that vanish meanwhile are skipped)."""
+    found: dict[str, Entry] = {}
+    try:
+        paths = list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+    for path in paths:
+        match = ENTRY_NAME.fullmatch(path.name)
+        if match is None:
+            continue
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            continue
+        if not path.is_file():
+            continue
+        entry = found.setdefault(match["entry"], Entry(match["entry"], [], 0, 0.0))
+        entry.files.append(path)
+        entry.size += status.st_size
+        entry.last_used = max(entry.last_used, status.st_mtime)
+    return sorted(found.values(), key=lambda entry: entry.last_used)
+
+
+def evict(folder: Path, limit: int, keep: set[str]) -> list[Entry]:
+    """Remove the least recently used entries of ``folder`` until the entries total at most ``limit`` bytes.
+
+    keep: entry names never removed (those this process uses).  Returns the
+    removed entries, oldest first.  A file another process removed first is
+    no error; one that cannot be removed (permissions) is skipped.
+    """
+    current = entries(folder)
+    total = sum(entry.size for entry in current)
+    removed = []
+    for entry in current:
+        if total <= limit:
+            break
+        if entry.name in keep:
+            continue
+        try:
+            for path in entry.files:
+                path.unlink(missing_ok=True)
+        except OSError:
+            continue
+        total -= entry.size
+        removed.append(entry)
+    return removed
