@@ -2,7 +2,8 @@
 
 The caller (the live tool's render stage) hands it the avatar once and the
 motion-transferred keypoints of every frame, and takes the newest rendered
-frame whenever it likes; nothing it calls blocks on the network.  A
+frame whenever it likes; nothing it calls blocks on the network, except a
+``latest`` asked to wait (up to a time it gives) for a frame to arrive.  A
 background thread runs its own asyncio loop with one WebSocket to the
 server, and:
 
@@ -85,7 +86,8 @@ class RemoteFrame:
 class RemoteRenderer:
     """Renders on a server: ``start()``, ``set_avatar()``, then per frame ``submit()`` and ``latest()``; ``close()``.
 
-    Thread-safe: submit, set_avatar and latest may be called from any thread.
+    Thread-safe: submit, set_avatar and latest may be called from any thread; only a ``latest`` given ``wait_s``
+    blocks.
     """
 
     def __init__(self, url: str, token: str, *, fingerprint: str | None = None, known_hosts: Path | None = None,
@@ -129,6 +131,7 @@ class RemoteRenderer:
         self.reconnects = 0
 
         self._lock = threading.Lock()
+        self._frame_arrived = threading.Condition(self._lock)  # notified when a frame is left for latest()
         self._sequence = 0
         self._queued: tuple[int, bytes] | None = None  # the newest keypoints message not yet sent
         self._submitted_at: dict[int, float] = {}  # sequence -> perf_counter() at submit (the last 256)
@@ -199,9 +202,15 @@ class RemoteRenderer:
         self._poke()
         return sequence
 
-    def latest(self) -> RemoteFrame | None:
-        """The newest frame received since the last call, or None."""
-        with self._lock:
+    def latest(self, wait_s: float = 0.0) -> RemoteFrame | None:
+        """The newest frame received since the last call, or None.
+
+        With ``wait_s`` > 0 and no frame waiting, sleeps until one arrives, for at most ``wait_s`` seconds (then
+        None: the server may be away, which ``connected`` and ``status`` tell).
+        """
+        with self._frame_arrived:
+            if wait_s > 0:
+                self._frame_arrived.wait_for(lambda: self._latest is not None, wait_s)
             frame, self._latest = self._latest, None
             if frame is not None:
                 self._delivered = frame.sequence
@@ -478,6 +487,7 @@ class RemoteRenderer:
                 if self._latest is not None:
                     self.dropped_down += 1  # never picked up before this newer one came
                 self._latest = frame
+                self._frame_arrived.notify_all()
         self._wake.set()  # room in the window
 
     def _on_text(self, text: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from engine import FirstOrderModel, Keypoints
 from engine.animator import keypoints_of
 
-from ..remote.client import RemoteRenderer
+from ..remote.client import RemoteFrame, RemoteRenderer
 from ..status import StatusBoard
 
 
@@ -60,17 +60,19 @@ class RemoteRender:
         self._round_trip_ms, self._server_ms = frame.round_trip_ms, frame.server_ms
         return frame.image
 
-    def _wait_for(self, sequence: int, value: np.ndarray, jacobian: np.ndarray):
-        deadline = time.monotonic() + self.timeout_s
-        sent_at = time.monotonic()
-        while time.monotonic() < deadline:
-            frame = self.client.latest()
+    def _wait_for(self, sequence: int, value: np.ndarray, jacobian: np.ndarray) -> RemoteFrame:
+        """The square of keypoints ``sequence`` (or of a later submit): sleeps until each frame arrives, sends the
+        keypoints again every RESEND_AFTER_S without their square, and gives up after ``timeout_s``."""
+        now = time.monotonic()
+        deadline, resend_at = now + self.timeout_s, now + RESEND_AFTER_S
+        while now < deadline:
+            frame = self.client.latest(wait_s=min(deadline, resend_at) - now)
             if frame is not None and frame.sequence >= sequence:
                 return frame
-            if time.monotonic() - sent_at > RESEND_AFTER_S:  # lost with a connection: ask again
+            now = time.monotonic()
+            if now >= resend_at:  # lost with a connection: ask again
                 self._report_connection()
-                sequence, sent_at = self.client.submit(value, jacobian), time.monotonic()
-            time.sleep(0.002)
+                sequence, resend_at = self.client.submit(value, jacobian), now + RESEND_AFTER_S
         raise RemoteRenderTimeout(f"the render server rendered nothing for {self.timeout_s:g} s ({self.client.status})")
 
     def _report_connection(self) -> None:
