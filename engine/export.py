@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ def flatten_source(source: SourceState) -> tuple[torch.Tensor, ...]:
 @torch.no_grad()
 def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
     """The keypoint detector as ONNX: input "frame" (1x3xHxW float32), outputs "value", "jacobian"."""
-    frame = _example_frame(model)
+    frame = example_inputs(model).frame
     with _quiet_tracer(), modes_kept(model.kp_detector):
         torch.onnx.export(model.kp_detector, (frame,), str(path), opset_version=ONNX_OPSET, dynamo=False,
                           input_names=["frame"], output_names=list(KEYPOINT_INPUTS))
@@ -81,24 +82,41 @@ def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
 @torch.no_grad()
 def export_render_onnx(model: FirstOrderModel, path: Path) -> None:
     """The render step as ONNX: inputs SOURCE_INPUTS then KEYPOINT_INPUTS (see :class:`FlatRender`), output "frame"."""
-    _, source, keypoints = _example_inputs(model)
+    _, source, keypoints = example_inputs(model)
     with _quiet_tracer(), modes_kept(model.render_step):
         torch.onnx.export(FlatRender(model.render_step), (*flatten_source(source), *keypoints), str(path),
                           opset_version=ONNX_OPSET, dynamo=False, input_names=[*SOURCE_INPUTS, *KEYPOINT_INPUTS],
                           output_names=["frame"])
 
 
-def _example_frame(model: FirstOrderModel) -> torch.Tensor:
+class ExampleInputs(NamedTuple):
+    """What the per-frame graphs are traced, exported and compiled with: batch 1 at the model's frame size, on its
+    device, float32, ordinary tensors (made under ``no_grad``, not ``inference_mode``: torch.export bakes inference
+    tensors in as constants).
+
+    frame: 1x3xHxW in [0, 1], drawn from EXAMPLE_SEED.  source: the frame encoded as the avatar
+    (``generator.encode_source``), None for a model without a generator (``keypoints_only``).  driving: the frame's
+    keypoints (1xKx2, 1xKx2x2), copies of those the source state holds: an exporter may merge an input passed
+    twice into one, which would leave the graph reading the source keypoints as the driving ones.
+    """
+
+    frame: torch.Tensor
+    source: SourceState | None
+    driving: Keypoints
+
+
+EXAMPLE_SEED = 0  # the same frame on every start: the same weights give the same exported graphs
+
+
+def example_inputs(model: FirstOrderModel) -> ExampleInputs:
+    """The seeded example inputs of ``model``'s per-frame graphs (see :class:`ExampleInputs`); fresh tensors on
+    every call, so a caller may cast or copy them as its graph needs."""
     height, width = model.frame_size
-    return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
-
-
-def _example_inputs(model: FirstOrderModel) -> tuple[torch.Tensor, SourceState, Keypoints]:
-    frame = _example_frame(model)
-    keypoints = model.kp_detector(frame)
-    # Driving keypoints distinct from the source's (the source state holds those very tensors): an exporter may merge
-    # an input passed twice into one.
-    return frame, model.generator.encode_source(frame, keypoints), Keypoints(*(tensor.clone() for tensor in keypoints))
+    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(EXAMPLE_SEED)).to(model.device)
+    with torch.no_grad():
+        keypoints = model.kp_detector(frame)
+        source = model.generator.encode_source(frame, keypoints) if model.renders else None
+    return ExampleInputs(frame, source, Keypoints(*(tensor.clone() for tensor in keypoints)))
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..export import FlatKeypoints, FlatRender, flatten_source
+from ..export import FlatKeypoints, FlatRender, example_inputs, flatten_source
 from ..generator import SourceState
 from ..model import RenderStep
 from ..motion import Keypoints
@@ -245,21 +245,17 @@ class OpenVinoBackend(Backend):
                                      f"(operations in {sorted(used)})")
 
     def example_inputs(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """A random frame and the render inputs made from it (float32, eager): what the graphs are traced with."""
+        """The example frame and the render inputs made from it (:func:`engine.export.example_inputs`; float32,
+        contiguous, eager; no render inputs for a keypoints-only model): what the graphs are traced with and
+        :meth:`measure_ms` times.  Made once per backend."""
         if self._example is None:
-            height, width = self.model.frame_size
-            frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-            with torch.no_grad():  # not inference_mode: torch.export bakes inference tensors in as constants
-                keypoints = self.model.kp_detector(frame)
-                source = self.model.generator.encode_source(frame, keypoints)
-            # Copies: the source keypoints are the driving ones here, and torch.export merges an input passed twice
-            # into one (the graph would then ignore the driving keypoints).
-            self._example = frame, tuple(t.clone().contiguous() for t in (*flatten_source(source), *keypoints))
+            frame, source, driving = example_inputs(self.model)
+            render_inputs = () if source is None else (*flatten_source(source), *driving)
+            self._example = frame, tuple(tensor.contiguous() for tensor in render_inputs)
         return self._example
 
     def convert_keypoints(self):
-        height, width = self.model.frame_size
-        frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+        frame, _ = self.example_inputs()
         return self._convert(FlatKeypoints(self.model.kp_detector), (frame,), "keypoints")
 
     def convert_render(self):

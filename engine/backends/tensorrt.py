@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from ..export import FlatKeypoints, FlatRender, flatten_source
+from ..export import FlatKeypoints, FlatRender, example_inputs, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
 from ..weights import cache_root
@@ -47,7 +47,8 @@ _OUT_OF_MEMORY = re.compile(r"out\s*of\s*memory", re.IGNORECASE)
 
 
 def graph_to_compile(model, part: str) -> Graph:
-    """What this backend hands torch-tensorrt for ``part``: (module, example inputs), batch 1 at the frame size.
+    """What this backend hands torch-tensorrt for ``part``: (module, example inputs), batch 1 at the frame size
+    (:func:`engine.export.example_inputs`).
 
     "keypoints": a float16 copy of the keypoint detector
     (:class:`engine.export.FlatKeypoints`), input the frame (1x3xHxW float16
@@ -61,17 +62,11 @@ def graph_to_compile(model, part: str) -> Graph:
     """
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
-    height, width = model.frame_size
-    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(model.device)
-    with torch.no_grad():  # not inference_mode: export wants ordinary tensors as example inputs
-        keypoints = model.kp_detector(frame)
-        if part == "keypoints":
-            return FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (frame.half(),)
-        source = model.generator.encode_source(frame, keypoints)
-    # The driving keypoints are copies: the source state holds the very same tensors, and torch.export merges an
-    # input passed twice into one, which would leave the compiled render reading the source keypoints as driving.
+    frame, source, driving = example_inputs(model)
+    if part == "keypoints":
+        return FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (frame.half(),)
     return (FlatRender(copy.deepcopy(model.render_step).half()),
-            (*flatten_source(cast_source(source, torch.float16)), *(tensor.clone() for tensor in keypoints)))
+            (*flatten_source(cast_source(source, torch.float16)), *driving))
 
 
 def graphs_to_compile(model) -> dict[str, Graph]:
