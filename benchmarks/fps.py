@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -70,7 +71,7 @@ from engine.images import image_to_tensor  # noqa: E402
 from engine.motion import make_motion_reference, transfer_motion  # noqa: E402
 from engine.weights import find_checkpoint  # noqa: E402
 from live.avatars import AvatarLibrary  # noqa: E402
-from live.framing import DrivingFramer, FaceDetector, frame_avatar  # noqa: E402
+from live.framing import DrivingFramer, FaceDetector, FramedImage, frame_avatar  # noqa: E402
 from live.hotkeys import LiveState  # noqa: E402
 from live.pasteback import PasteBack  # noqa: E402
 from live.processor import FrameProcessor  # noqa: E402
@@ -144,25 +145,42 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def crops(model, frames: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(avatar photo, its crop as the live tool frames it, the first camera frame (RGB), its driving crop)."""
-    side = model.frame_size[0]
+@dataclass(frozen=True)
+class FramedInputs:
+    """The avatar photo and the first camera frame, framed as the live tool frames them: once per run (setup, never
+    timed), shared by every variant, whose models all have ``frame_size``."""
+
+    frame_size: tuple[int, int]  # (height, width) of the crops: the models' frame size
+    photo: np.ndarray  # the avatar photo, HxWx3 uint8 RGB
+    avatar: FramedImage  # the photo's face-centred crop (frame_size, uint8 RGB) and where it lies in the photo
+    first_frame: np.ndarray  # the first camera frame, 720x1280x3 uint8 RGB
+    first_crop: np.ndarray  # its driving crop, frame_size x 3 uint8 RGB
+
+    def check_fits(self, model) -> None:
+        if tuple(model.frame_size) != self.frame_size:
+            raise ValueError(f"crops framed for {self.frame_size[1]}x{self.frame_size[0]}, but the model's frame "
+                             f"size is {model.frame_size[1]}x{model.frame_size[0]}")
+
+
+def frame_inputs(frame_size: tuple[int, int], frames: list[bytes]) -> FramedInputs:
+    """Face detection on the avatar photo and on the first of ``frames`` (JPEG camera frames) -> their crops."""
+    side = frame_size[0]
     photo = avatar_image()
     first_frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     avatar_detector = FaceDetector(long_range=True)
-    avatar_crop = frame_avatar(photo, avatar_detector, side).crop
+    avatar = frame_avatar(photo, avatar_detector, side)
     avatar_detector.close()
     detector = FaceDetector(long_range=False)
     first_crop = DrivingFramer(detector, side)(first_frame, 0.0).crop
     detector.close()
-    return photo, avatar_crop, first_frame, first_crop
+    return FramedInputs(tuple(frame_size), photo, avatar, first_frame, first_crop)
 
 
-def model_only_step(pipeline: str, model, frames: list[bytes]) -> Callable[[], torch.Tensor]:
+def model_only_step(pipeline: str, model, framed: FramedInputs) -> Callable[[], torch.Tensor]:
     """One frame of the per-frame model work of ``pipeline`` ("cached" or the baseline), on the device."""
-    _, avatar_crop, _, first_crop = crops(model, frames)
+    framed.check_fits(model)
     make = _baseline_model_only if pipeline == BASELINE else _cached_model_only
-    return make(model, avatar_crop, first_crop)
+    return make(model, framed.avatar.crop, framed.first_crop)
 
 
 def time_model_only(steps: list[Callable[[], torch.Tensor]], device: torch.device, count: int, warmup: int,
@@ -182,18 +200,18 @@ def time_model_only(steps: list[Callable[[], torch.Tensor]], device: torch.devic
 
 
 def measure(name: str, precision: str, pipeline: str, model, device: torch.device, frames: list[bytes],
-            warmup: int, model_ms: list[float] | None = None) -> dict:
-    """Time one variant: model-only (unless ``model_ms`` holds it, timed alternating), then end to end.
-    ``pipeline`` is "cached" (ours) or the baseline."""
+            framed: FramedInputs, warmup: int, model_ms: list[float] | None = None) -> dict:
+    """Time one variant on ``frames`` (JPEG camera frames, ``framed`` their crops): model-only (unless ``model_ms``
+    holds it, timed alternating), then end to end.  ``pipeline`` is "cached" (ours) or the baseline."""
+    framed.check_fits(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    photo, avatar_crop, first_frame, _ = crops(model, frames)
     if model_ms is None:
-        (model_ms,) = time_model_only([model_only_step(pipeline, model, frames)], device, len(frames), warmup,
+        (model_ms,) = time_model_only([model_only_step(pipeline, model, framed)], device, len(frames), warmup,
                                       f"{name} {precision} {pipeline}")
     timer = StageTimer(device)
-    run_frame, close = (_baseline_frame(model, photo, avatar_crop, timer) if pipeline == BASELINE
-                        else _live_frame(model, photo, first_frame))
+    run_frame, close = (_baseline_frame(model, framed, timer) if pipeline == BASELINE
+                        else _live_frame(model, framed.photo, framed.first_frame))
     stage_ms: dict[str, list[float]] = {}
     totals = []
     sequence = frames[:warmup] + frames  # the warm-up replays the first frames
@@ -244,13 +262,10 @@ def _live_frame(model, photo: np.ndarray, first_frame: np.ndarray):
     return run, close
 
 
-def _baseline_frame(model, photo: np.ndarray, avatar_crop: np.ndarray, timer: StageTimer):
+def _baseline_frame(model, framed: FramedInputs, timer: StageTimer):
     """(run, close): the original demo's per-frame steps, framed and pasted back as the live tool would."""
-    pipeline = OriginalStylePipeline(model, avatar_crop)
-    avatar_detector = FaceDetector(long_range=True)
-    square = frame_avatar(photo, avatar_detector, model.frame_size[0]).square
-    avatar_detector.close()
-    paste_back = PasteBack(photo, square, *CAMERA_SIZE)
+    pipeline = OriginalStylePipeline(model, framed.avatar.crop)
+    paste_back = PasteBack(framed.photo, framed.avatar.square, *CAMERA_SIZE)
     framer = DrivingFramer(FaceDetector(long_range=False), model.frame_size[0])
 
     def run(frame: np.ndarray, index: int) -> tuple[np.ndarray, dict[str, float]]:
@@ -349,7 +364,7 @@ def variants(names: list[str], device: torch.device):
 
 
 def measure_alternating(args, names: list[str], checkpoint, device: torch.device, frames: list[bytes],
-                        baseline_model) -> list[dict]:
+                        framed: FramedInputs, baseline_model) -> list[dict]:
     """Every variant loaded at once, model-only timed frame by frame in turn (see :func:`time_model_only`), then
     each end to end.  Peak memory is then the whole process's."""
     loaded = [("eager", "float32", BASELINE, baseline_model)]
@@ -360,12 +375,13 @@ def measure_alternating(args, names: list[str], checkpoint, device: torch.device
                            load_model(args.config, checkpoint, device=device, backend=name, precision=precision)))
         except Exception as error:
             print(f"skipping backend {name} {precision}: {type(error).__name__}: {error}", file=sys.stderr)
-    steps = [model_only_step(pipeline, model, frames) for _, _, pipeline, model in loaded]
+    steps = [model_only_step(pipeline, model, framed) for _, _, pipeline, model in loaded]
     model_ms = time_model_only(steps, device, len(frames), args.warmup, f"{len(steps)} variants alternating")
     results = []
     for (name, precision, pipeline, model), times in zip(loaded, model_ms):
         try:
-            results.append(measure(name, precision, pipeline, model, device, frames, args.warmup, model_ms=times))
+            results.append(measure(name, precision, pipeline, model, device, frames, framed, args.warmup,
+                                   model_ms=times))
         except Exception as error:
             print(f"skipping backend {name} {precision}: {type(error).__name__}: {error}", file=sys.stderr)
     return results
@@ -394,16 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     baseline_model = load_model(args.config, checkpoint, device=device, fuse_layers=False)
     for network in (baseline_model.kp_detector, baseline_model.generator):  # the original's NCHW layout
         network.to(memory_format=torch.contiguous_format)
+    framed = frame_inputs(baseline_model.frame_size, frames)  # every variant loads the same config: one frame size
     if args.alternate:
-        results = measure_alternating(args, names, checkpoint, device, frames, baseline_model)
+        results = measure_alternating(args, names, checkpoint, device, frames, framed, baseline_model)
     else:
-        results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, args.warmup))
+        results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, framed, args.warmup))
         del baseline_model
         for name, precision in variants(names, device):
             torch.manual_seed(0)
             try:
                 model = load_model(args.config, checkpoint, device=device, backend=name, precision=precision)
-                results.append(measure(name, precision, "cached", model, device, frames, args.warmup))
+                results.append(measure(name, precision, "cached", model, device, frames, framed, args.warmup))
             except Exception as error:  # one variant failing (a build, a kernel) leaves the others' figures
                 print(f"skipping backend {name} {precision}: {type(error).__name__}: {error}", file=sys.stderr)
             model = None  # free it before the next one loads: peak memory is per variant

@@ -6,8 +6,10 @@ import copy
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
+import numpy as np
 import pytest
 
 from benchmarks.fps import main as run_benchmark
@@ -172,8 +174,8 @@ def test_alternating_times_every_variant_in_turn(tmp_path, monkeypatch):
     order = []
     step = fps.model_only_step
 
-    def recorded(pipeline, model, frames):
-        run = step(pipeline, model, frames)
+    def recorded(pipeline, model, framed):
+        run = step(pipeline, model, framed)
         label = f"{model.backend.name} {pipeline}"
         return lambda: (order.append(label), run())[1]
 
@@ -187,6 +189,35 @@ def test_alternating_times_every_variant_in_turn(tmp_path, monkeypatch):
     assert data["alternate"] is True and [r["pipeline"] for r in data["results"]] == [BASELINE, "cached"]
     ours = load_report(tmp_path / "r.json")["results"][1]
     assert ours["end_to_end"]["stages"]["compose"]["mean"] > 0
+
+
+def test_the_avatar_and_the_first_camera_frame_are_framed_once_per_run(tmp_path, monkeypatch):
+    """Framing is setup, not timed: done once and shared by every variant, model-only and end to end."""
+    import benchmarks.fps as fps
+
+    framed, avatars = [], []
+    frame_inputs, frame_avatar = fps.frame_inputs, fps.frame_avatar
+    monkeypatch.setattr(fps, "frame_inputs", lambda *args: framed.append(frame_inputs(*args)) or framed[-1])
+    monkeypatch.setattr(fps, "frame_avatar", lambda *args: avatars.append(args[2]) or frame_avatar(*args))
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--backends", "eager", "--frames", "2", "--warmup", "1", "--json", str(tmp_path / "r.json")]) == 0
+    assert len(load_report(tmp_path / "r.json")["results"]) == 2  # the baseline and ours, from the one framing
+    (inputs,) = framed
+    assert avatars == [inputs.frame_size[0]]
+    side = inputs.frame_size[0]
+    assert inputs.avatar.crop.shape == inputs.first_crop.shape == (side, side, 3)
+    assert inputs.first_frame.shape == (720, 1280, 3)
+
+
+def test_crops_of_another_frame_size_are_refused():
+    import benchmarks.fps as fps
+    from live.framing import FramedImage, centre_square
+
+    crop = np.zeros((64, 64, 3), np.uint8)
+    inputs = fps.FramedInputs((64, 64), crop, FramedImage(crop, centre_square(64, 64), False), crop, crop)
+    with pytest.raises(ValueError, match="crops framed for 64x64, but the model's frame size is 256x256"):
+        inputs.check_fits(SimpleNamespace(frame_size=(256, 256)))
 
 
 def test_openvino_variants_are_listed_beside_the_others(tmp_path, capsys, monkeypatch):
