@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 import torch
+from torch import nn
 
 from ..errors import EngineError
 from ..generator import SourceState
@@ -110,9 +111,17 @@ def cast_source(source: SourceState, dtype: torch.dtype) -> SourceState:
 
 def weights_fingerprint(model: "FirstOrderModel") -> str:
     """sha256 of every parameter and buffer (after fusing): compiled artifacts are only reused for these weights."""
+    return state_dicts_digest(model.networks)
+
+
+def state_dicts_digest(networks: Iterable[nn.Module], as_float32: bool = False) -> str:
+    """sha256 hex of the networks' parameters and buffers, in order: each entry's name, then its bytes (C order, as
+    stored, or every entry converted to float32 first when ``as_float32``, so that the dtype it was loaded in does
+    not count).  Fingerprints are compared across machines and key caches: the bytes hashed must never change."""
     digest = hashlib.sha256()
-    for network in model.networks:
+    for network in networks:
         for name, tensor in network.state_dict().items():
             digest.update(name.encode())
-            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+            tensor = tensor.detach().float() if as_float32 else tensor.detach()
+            digest.update(tensor.contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()

@@ -29,13 +29,14 @@ pixel arrays: a message either decodes into one of the dataclasses below or rais
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from engine.backends.base import state_dicts_digest
 
 PROTOCOL_VERSION = 1
 SESSION_PATH = "/v1/session"
@@ -303,8 +304,4 @@ def keypoint_detector_fingerprint(model) -> str:
     use the same detector weights, loaded the same way (``load_model``'s
     defaults), or the avatar moves wrongly without any error.
     """
-    digest = hashlib.sha256()
-    for name, tensor in model.kp_detector.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    return state_dicts_digest([model.kp_detector], as_float32=True)
