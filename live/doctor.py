@@ -189,8 +189,8 @@ def check_cache() -> Iterator[Finding]:
     yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {len(compiled)} compiled "
                   f"artifacts{' (' + ', '.join(kinds) + ')' if kinds else ''}, {size:.0f} MiB)")
     for report in stored_reports(root / "compiled"):
-        yield Finding("WARN" if "refused" in report else "OK", "int8 quality", report,
-                      "the int8 model was refused: run with --precision bfloat16 or float32" if "refused" in report else "")
+        yield Finding("WARN" if report.refused else "OK", "int8 quality", report.line,
+                      "the int8 model was refused: run with --precision bfloat16 or float32" if report.refused else "")
     if failed_builds:
         yield Finding("WARN", "cache", f"{len(failed_builds)} TensorRT build(s) failed before and are skipped until their "
                       f"library versions change: {failed_builds[0].read_text().strip()[:200]}",

@@ -185,15 +185,39 @@ def test_int8_failing_the_gate_when_built_is_refused_and_not_kept(home, monkeypa
     assert not list((home / "compiled").glob("openvino-render-*.blob"))  # only the float32 keypoint detector kept
     (report_path,) = (home / "compiled").glob("openvino-render-*.quality.json")
     assert json.loads(report_path.read_text())["max_keypoint_error"] > 0
-    (line,) = stored_reports(home / "compiled")
+    (stored,) = stored_reports(home / "compiled")
+    assert stored.refused and stored.line.endswith(f"({report_path.name})")
     assert re.fullmatch(r"int8 against float32 on 8 held-out face frames: worst PSNR \d+\.\d dB, keypoint error \S+, \d+ "
-                        r"ms per frame: refused: keypoint error \S+ > 0 \(openvino-render-\w+\.blob\.quality\.json\)", line)
+                        r"ms per frame: refused: keypoint error \S+ > 0 \(openvino-render-\w+\.blob\.quality\.json\)",
+                        stored.line)
 
     import nncf
 
     monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("a failed model is quantized again"))
     with pytest.raises(BackendUnavailable, match="fails the quality gate"):  # refused at once from its figures
         OpenVinoBackend(model, "int8", quality_gate=QualityGate(max_keypoint_error=0.0))
+
+
+def test_stored_reports_say_which_models_were_refused_under_the_gate_each_was_built_with(tmp_path):
+    import os
+
+    figures = {"held_out_frames": 8, "worst_psnr_db": 35.0, "max_keypoint_error": 1e-4, "ms_per_frame": 70.0}
+    strict = {**figures, "gate": {"min_psnr_db": 40.0, "max_keypoint_error": 1e-3}}
+    paths = [openvino_int8.quality_report_path(tmp_path / f"openvino-render-{name}.blob") for name in "abc"]
+    assert paths[0] == tmp_path / "openvino-render-a.blob.quality.json"
+    for path, text, age in zip(paths, [json.dumps(figures), json.dumps(strict), "{not json"], [30, 20, 10]):
+        path.write_text(text)
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - age))
+    (tmp_path / "openvino-keypoints-a.blob.sha256").write_text("not a report\n")
+
+    unreadable, refused, passed = openvino_int8.stored_reports(tmp_path)  # newest first
+    assert not passed.refused and passed.line == ("int8 against float32 on 8 held-out face frames: worst PSNR 35.0 dB, "
+                                                  "keypoint error 0.0001, 70 ms per frame: passed "
+                                                  "(openvino-render-a.blob.quality.json)")
+    assert refused.refused and refused.line.endswith("refused: worst-frame PSNR 35.0 dB < 40 dB "
+                                                     "(openvino-render-b.blob.quality.json)")
+    assert not unreadable.refused and unreadable.line == ("openvino-render-c.blob.quality.json: unreadable (measured "
+                                                          "again on the next int8 start)")
 
 
 @pytest.mark.parametrize("precision", ["float32", "float16"])

@@ -132,13 +132,13 @@ class OpenVinoBackend(Backend):
 
     def int8_offer(self) -> str:
         """The faster opt-in, int8, with its speed here when it was built on this machine (its quality report)."""
-        from .openvino_int8 import read_report
+        from .openvino_int8 import quality_report_path, read_report
 
         try:
             path = self.artifact("render", "int8")
         except BackendUnavailable as error:  # the shipped calibration faces are missing or unreadable
             return f"--precision int8 cannot be built here: {error}"
-        report = read_report(path.with_name(path.name + ".quality.json"))
+        report = read_report(quality_report_path(path))
         if report is None:
             return ("faster opt-in: --precision int8 (quantized, quality-gated on faces), not built here yet: its first "
                     f"start calibrates it and measures its speed here ({cpu_speed('openvino', 'int8')})")

@@ -60,6 +60,7 @@ FACE_SIZE = 256  # side of each shipped face
 CALIBRATION_FRAMES_PER_PAIR = 12  # 48 frames from two faces
 HELD_OUT_FRAMES_PER_PAIR = 2  # 8 frames from two faces
 CALIBRATION_SEED, HELD_OUT_SEED = 0, 1
+REPORT_SUFFIX = ".quality.json"  # beside the compiled model: quality_report_path
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ def build_int8_render(backend: "OpenVinoBackend", gate: QualityGate):
     Raises BackendUnavailable (naming the figures) when the model fails ``gate``, now or when it was built.
     """
     path = backend.artifact("render", "int8")
-    report_path = path.with_name(path.name + ".quality.json")
+    report_path = quality_report_path(path)
     quality = read_report(report_path)
     if quality is not None:
         refuse_if_failing(gate, quality, report_path)
@@ -289,6 +290,11 @@ def build_int8_render(backend: "OpenVinoBackend", gate: QualityGate):
     return compiled, quality
 
 
+def quality_report_path(artifact: Path) -> Path:
+    """Where the quality figures of the int8 model cached at ``artifact`` are kept: ``<artifact>.quality.json``."""
+    return artifact.with_name(artifact.name + REPORT_SUFFIX)
+
+
 def read_report(path: Path) -> dict | None:
     """A stored quality report, or None when absent or unreadable (the model is then measured again)."""
     try:
@@ -299,22 +305,36 @@ def read_report(path: Path) -> dict | None:
         return None
 
 
-def stored_reports(compiled_dir: Path) -> list[str]:
-    """One line per int8 quality report in the artifact cache's ``compiled`` folder (for ``--doctor``), newest first."""
-    lines = []
-    reports = sorted(compiled_dir.glob("openvino-render-*.quality.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+@dataclass(frozen=True)
+class StoredReport:
+    """One int8 quality report of the artifact cache, as ``--doctor`` shows it.
+
+    line: what it says, in one line.  refused: whether the model it measured failed its gate (False for a report
+    that cannot be read: the model is measured again on the next int8 start).
+    """
+
+    line: str
+    refused: bool
+
+
+def stored_reports(compiled_dir: Path) -> list[StoredReport]:
+    """Every int8 quality report in the artifact cache's ``compiled`` folder, newest first."""
+    entries = []
+    reports = sorted(compiled_dir.glob(f"openvino-render-*{REPORT_SUFFIX}"), key=lambda p: p.stat().st_mtime,
+                     reverse=True)
     for path in reports:
         report = read_report(path)
         if report is None:
-            lines.append(f"{path.name}: unreadable (measured again on the next int8 start)")
+            entries.append(StoredReport(f"{path.name}: unreadable (measured again on the next int8 start)", False))
             continue
         gate = QualityGate(**report.get("gate", {}))
         failures = gate.failures(report)
         verdict = f"refused: {'; '.join(failures)}" if failures else "passed"
-        lines.append(f"int8 against float32 on {report.get('held_out_frames', '?')} held-out face frames: worst PSNR "
-                     f"{report['worst_psnr_db']:.1f} dB, keypoint error {report['max_keypoint_error']:.2g}, "
-                     f"{report.get('ms_per_frame', float('nan')):.0f} ms per frame: {verdict} ({path.name})")
-    return lines
+        line = (f"int8 against float32 on {report.get('held_out_frames', '?')} held-out face frames: worst PSNR "
+                f"{report['worst_psnr_db']:.1f} dB, keypoint error {report['max_keypoint_error']:.2g}, "
+                f"{report.get('ms_per_frame', float('nan')):.0f} ms per frame: {verdict} ({path.name})")
+        entries.append(StoredReport(line, refused=bool(failures)))
+    return entries
 
 
 def refuse_if_failing(gate: QualityGate, quality: dict, report_path: Path) -> None:
