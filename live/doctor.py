@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from engine.backends import BACKENDS, backend_class
+from engine import EngineError
 from engine.backends.artifacts import digest_path
+from engine.backends.eviction import LIMIT_ENV, cache_limit_bytes
 from engine.backends.openvino_int8 import stored_reports
 from engine.speed import END_TO_END_FPS, MEASURED_ON, fps_range
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
@@ -188,6 +190,13 @@ def check_cache() -> Iterator[Finding]:
     compiled += provider_engines
     yield Finding("OK", "cache", f"{root} (writable; {len(copies)} safetensors weight copies, {len(compiled)} compiled "
                   f"artifacts{' (' + ', '.join(kinds) + ')' if kinds else ''}, {size:.0f} MiB)")
+    try:
+        limit = cache_limit_bytes()
+    except EngineError as error:
+        yield Finding("FAIL", "cache limit", str(error), f"unset {LIMIT_ENV} (4 GiB) or set it to a number, e.g. 10")
+    else:
+        yield Finding("OK", "cache limit", f"compiled models are kept under {limit / 2**30:g} GiB, the least recently "
+                      f"used removed first ({LIMIT_ENV})")
     for report in stored_reports(root / "compiled"):
         yield Finding("WARN" if report.refused else "OK", "int8 quality", report.line,
                       "the int8 model was refused: run with --precision bfloat16 or float32" if report.refused else "")

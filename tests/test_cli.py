@@ -127,11 +127,23 @@ def test_doctor_counts_the_artifacts_the_backends_built_and_nothing_else(tmp_pat
     not_artifacts = ["tensorrt-timing-cache.bin", ".onnx-render-9-abc.tmp.onnx", "onnx-keypoints-4.onnx"]
     for name in not_artifacts:  # a timing cache, a build cut short, an entry whose digest is gone (rebuilt on use)
         (home / "compiled" / name).write_bytes(mebibyte)
-    (finding,) = check_cache()
+    finding, limit = check_cache()
     assert finding.status == "OK"
+    assert (limit.status, limit.detail) == ("OK", "compiled models are kept under 4 GiB, the least recently used "
+                                                  "removed first (FOMM_LIVE_CACHE_GB)")
     # From the set-up: 1 copy; 2 built artifacts and 1 provider engine; 4 files of 1 MiB counted.
     assert "1 safetensors weight copies, 3 compiled artifacts (onnx, onnxruntime-tensorrt, tensorrt), 4 MiB" \
         in finding.detail, finding.detail
+
+
+def test_doctor_fails_a_cache_limit_that_is_not_a_number(tmp_path, monkeypatch):
+    from live.doctor import check_cache
+
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FOMM_LIVE_CACHE_GB", "4GB")
+    limit = [finding for finding in check_cache() if finding.topic == "cache limit"][0]
+    assert limit.status == "FAIL" and "FOMM_LIVE_CACHE_GB must be a positive number of gigabytes" in limit.detail
+    assert "found '4GB'" in limit.detail and limit.fix == "unset FOMM_LIVE_CACHE_GB (4 GiB) or set it to a number, e.g. 10"
 
 
 def test_doctor_names_a_remembered_tensorrt_failure_and_how_to_retry(tmp_path, monkeypatch):
@@ -142,7 +154,7 @@ def test_doctor_names_a_remembered_tensorrt_failure_and_how_to_retry(tmp_path, m
     marker = home / "compiled" / "tensorrt-render-2.failed"
     marker.parent.mkdir(parents=True)
     marker.write_text("RuntimeError: no converter for aten.bogus\n")
-    ok, warning = check_cache()
+    ok, _, warning = check_cache()
     assert "0 compiled artifacts" in ok.detail
     assert warning.status == "WARN" and "RuntimeError: no converter for aten.bogus" in warning.detail
     assert warning.fix == f"delete {marker} to try again"
