@@ -147,6 +147,11 @@ class DrivingFramer:
         self.offset = (0.0, 0.0)
         self._anchor: Square | None = None
 
+    @property
+    def anchored(self) -> bool:
+        """Whether a face has been seen: a frame without one then keeps the crop where it was."""
+        return self._anchor is not None
+
     def calibrate(self, frame: np.ndarray, time: float) -> bool:
         """Place the crop around the face in ``frame``; returns whether a face was found."""
         face = self.detector.detect(frame)

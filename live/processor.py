@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from .stages.motion import MotionStage
 from .stages.pose_search import PoseSearchStage
 from .stages.render import LocalRender, RenderStage
 from .status import StatusBoard
+
+# A face missed for less (motion blur, a hand passing, a detector's off frame) is not worth a message: the crop holds.
+FACE_LOST_AFTER_S = 0.3
 
 
 @dataclass
@@ -45,14 +49,18 @@ class FrameProcessor:
     output_size: (width, height) of the output; square: send the bare
     animated square (resized to the output size) instead of pasting it back;
     adapt_scale: see :class:`engine.animator.MotionDriver`; render: the render
-    stage (default: the generator here).  The other motion settings
-    (relative, movement, smoothing) come with the :class:`LiveState` of each frame.
+    stage (default: the generator here); clock: seconds, monotonic (the
+    camera crop's smoothing and how long a face has been missing).  The other
+    motion settings (relative, movement, smoothing) come with the
+    :class:`LiveState` of each frame.
     """
 
     def __init__(self, model: FirstOrderModel, library: AvatarLibrary, status: StatusBoard,
                  output_size: tuple[int, int], square: bool = False, adapt_scale: bool = True,
-                 render: RenderStage | None = None):
+                 render: RenderStage | None = None, clock: Callable[[], float] = time.monotonic):
         self.status = status
+        self.clock = clock
+        self._face_missing_since: float | None = None
         side = model.frame_size[0]
         self.avatars = AvatarStage(library, status, side)
         self.framer = DrivingFramer(FaceDetector(long_range=False), side)
@@ -93,7 +101,7 @@ class FrameProcessor:
         if self._last_frame is None:
             self.status.event("calibration skipped: no camera frame yet")
             return
-        now = time.monotonic()
+        now = self.clock()
         if not self.framer.calibrate(self._last_frame, now):
             self.status.event("calibration: no face in view, keeping the crop where it is")
         self.motion.calibrate(self.framer(self._last_frame, now).crop, "calibrated on the current pose")
@@ -105,12 +113,10 @@ class FrameProcessor:
         self.framer.zoom, self.framer.offset = state.zoom, state.offset
         timings = {}
         start = time.perf_counter()
-        framed = self.framer(frame, time.monotonic())
+        now = self.clock()
+        framed = self.framer(frame, now)
         self._last_frame = frame
-        if framed.face_found:
-            self.status.clear("face", "face found again")
-        else:
-            self.status.set("face", "no face in view: using the centre of the camera image")
+        self._report_face(framed.face_found, now)
         self.search.offer(framed.crop)
         timings["framing"] = _ms(start)
 
@@ -135,6 +141,20 @@ class FrameProcessor:
         self.framer.detector.close()
         self.search.close()
         self.render.close()
+
+    def _report_face(self, found: bool, now: float) -> None:
+        """The "no face" condition on screen: at once while no face has been seen (the crop sits at the centre),
+        after FACE_LOST_AFTER_S of misses once one has (the crop holds where the face was)."""
+        if found:
+            self._face_missing_since = None
+            self.status.clear("face", "face found again")
+        elif not self.framer.anchored:
+            self.status.set("face", "no face in view: using the centre of the camera image")
+        else:
+            if self._face_missing_since is None:
+                self._face_missing_since = now
+            if now - self._face_missing_since >= FACE_LOST_AFTER_S:
+                self.status.set("face", "no face in view: the crop stays where the face was last seen")
 
     def _show(self, avatar: Avatar | None) -> None:
         """Hand a newly selected avatar to the stages that use it (None: the selection did not change)."""

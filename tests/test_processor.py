@@ -104,3 +104,35 @@ def test_after_a_switch_the_old_face_is_never_pasted_onto_the_new_avatar(tmp_pat
         assert np.array_equal(output, processor.composer.output(processor.avatar.framed.crop))
     finally:
         processor.close()
+
+
+def test_a_face_missed_for_a_moment_is_not_reported_and_a_face_gone_for_longer_is(tmp_path, small_model):
+    write_avatar(tmp_path / "avatar.png")
+    clock = [0.0]
+    log = io.StringIO()
+    processor = FrameProcessor(small_model, AvatarLibrary(tmp_path), StatusBoard(log=log), (320, 180),
+                               clock=lambda: clock[0])
+    face, state = driving_frames(1)[0], LiveState()
+    empty = np.full_like(face, 90)
+    try:
+        # Before any face: the crop sits at the centre, said at once.
+        processor.process(empty, state)
+        assert "no face in view: using the centre of the camera image" in log.getvalue()
+        processor.process(face, state)
+        assert "face found again" in log.getvalue()
+        # A detector that misses every other frame for a second: the crop holds, nothing is said.
+        said = log.getvalue()
+        for step in range(1, 31):
+            clock[0] = step / 30
+            processor.process(empty if step % 2 else face, state)
+        assert log.getvalue() == said
+        # Gone for longer: said once, then once when it is back.
+        for step in range(31, 45):
+            clock[0] = step / 30
+            processor.process(empty, state)
+        assert log.getvalue().count("no face in view: the crop stays where the face was last seen") == 1
+        clock[0] = 45 / 30
+        processor.process(face, state)
+        assert log.getvalue().count("face found again") == 2
+    finally:
+        processor.close()
