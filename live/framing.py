@@ -11,6 +11,7 @@ centre of the frame and says so; it never raises.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -51,6 +52,10 @@ class Face:
     height: float
     score: float
 
+    def shifted(self, dx: float, dy: float) -> "Face":
+        """The same face in an image whose origin lies (-dx, -dy) from this one's (found in a cut-out at (dx, dy))."""
+        return Face(self.x + dx, self.y + dy, self.width, self.height, self.score)
+
     def square(self, scale: float = CROP_SCALE) -> Square:
         side = max(self.width, self.height)
         return Square(self.x + self.width / 2, self.y + self.height / 2 - CROP_LIFT * side, side * scale)
@@ -89,6 +94,17 @@ class FaceDetector:
 def centre_square(height: int, width: int) -> Square:
     """The largest square in the middle of a frame."""
     return Square(width / 2, height / 2, min(height, width))
+
+
+def covering_squares(height: int, width: int) -> list[Square]:
+    """The largest squares of a frame, spaced evenly along its long side so that each overlaps the next by at least
+    half its side (one square for a square frame; three for 16:9, two for 4:3)."""
+    side = min(height, width)
+    count = max(1, math.ceil(2 * max(height, width) / side) - 1)
+    steps = np.linspace(side / 2, max(height, width) - side / 2, count)
+    if width >= height:
+        return [Square(float(cx), height / 2, side) for cx in steps]
+    return [Square(width / 2, float(cy), side) for cy in steps]
 
 
 def fit_inside(square: Square, height: int, width: int) -> Square:
@@ -154,7 +170,7 @@ class DrivingFramer:
 
     def calibrate(self, frame: np.ndarray, time: float) -> bool:
         """Place the crop around the face in ``frame``; returns whether a face was found."""
-        face = self.detector.detect(frame)
+        face = self.detect(frame)
         if face is None:
             return False
         self._anchor = face.square()
@@ -164,7 +180,7 @@ class DrivingFramer:
     def __call__(self, frame: np.ndarray, time: float) -> FramedImage:
         """Crop one webcam frame (HxWx3 uint8 RGB) at ``time`` seconds."""
         height, width = frame.shape[:2]
-        face = self.detector.detect(frame)
+        face = self.detect(frame)
         if self._anchor is None:
             if face is None:
                 centre = centre_square(height, width)
@@ -176,6 +192,23 @@ class DrivingFramer:
         side = self._anchor.size / self.zoom
         square = Square(self._anchor.cx + self.offset[0] * side, self._anchor.cy + self.offset[1] * side, side)
         return FramedImage(crop_square(frame, square, self.size), square, face is not None)
+
+    def detect(self, frame: np.ndarray) -> Face | None:
+        """The face in the largest square of ``frame`` around the crop (the frame's centre before any face), else in
+        the other largest squares that cover the frame, nearest first.  The short-range detector reads a square
+        image: on a whole 16:9 webcam frame its scores for a face filling half the height fell to 0.3-0.7 (a
+        quarter of the frames missed at 0.5), against 0.93-0.97 on a square around it."""
+        height, width = frame.shape[:2]
+        around = self._anchor or centre_square(height, width)
+        first = fit_inside(Square(around.cx, around.cy, min(height, width)), height, width)
+        others = sorted((square for square in covering_squares(height, width) if square != first),
+                        key=lambda square: abs(square.cx - first.cx) + abs(square.cy - first.cy))
+        for square in (first, *others):
+            x0, y0, x1, y1 = square.corners()
+            face = self.detector.detect(frame[y0:y1, x0:x1])
+            if face is not None:
+                return face.shifted(x0, y0)
+        return None
 
     def _followed(self, target: Square, time: float) -> Square:
         """Move the anchor just enough to bring the face back inside the dead zone, smoothly."""
