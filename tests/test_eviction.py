@@ -72,24 +72,55 @@ def test_a_limit_that_is_not_a_positive_number_is_refused_with_what_was_found(mo
         cache_limit_bytes()
 
 
-def test_a_build_over_the_limit_removes_the_oldest_entry_but_not_one_in_use(tmp_path, monkeypatch, caplog):
+def test_markers_without_an_artifact_are_counted_but_stay(tmp_path):
+    failed = make_entry(tmp_path, "tensorrt-render", HASHES[0], 10, 900, companions=())  # no digest: a marker
+    failed[0].rename(failed[0].with_suffix(".failed"))
+    refused = make_entry(tmp_path, "openvino-render", HASHES[1], 0, 800, companions=(".quality.json",))
+    refused[0].unlink()  # a refused int8 model: its report stays, its blob is gone
+    artifact = make_entry(tmp_path, "onnx-render", HASHES[2], 1000, 100)
+    assert [entry.holds_artifact for entry in entries(tmp_path)] == [False, False, True]
+    assert [entry.name for entry in evict(tmp_path, limit=0, keep=set())] == [f"onnx-render-{HASHES[2]}"]
+    assert (tmp_path / f"tensorrt-render-{HASHES[0]}.failed").exists() and refused[1].exists()
+    assert not any(path.exists() for path in artifact)
+
+
+def test_a_start_over_the_limit_removes_old_entries_but_none_of_the_graphs_it_uses(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from engine import load_model
+
+    from .test_backends import CHECKPOINT, CONFIG
+
     monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path))
     monkeypatch.setattr(artifacts, "_USED_HERE", set())
+    load_model(CONFIG, CHECKPOINT, backend="onnxruntime")
     folder = tmp_path / "compiled"
-    stale = make_entry(folder, "onnx-render", HASHES[0], 4000, 500)
-    in_use = make_entry(folder, "onnx-keypoints", HASHES[1], 4000, 400)
-    # This process uses the older-than-everything-else keypoints entry: it is verified, touched and kept.
-    in_use[1].write_text(artifacts.file_sha256(in_use[0]) + "\n")
-    os.utime(in_use[0], (time.time() - 400,) * 2)
-    assert artifacts.cached_artifact(in_use[0], lambda path: pytest.fail("rebuilt"), "building") == in_use[0]
-    assert os.path.getmtime(in_use[0]) > time.time() - 60  # a use marks it recent
-
-    monkeypatch.setenv(LIMIT_ENV, str(6000 / 2**30))
-    os.utime(in_use[0], (time.time() - 900,) * 2)  # even when it looks the oldest
-    fresh = folder / f"onnx-render-{HASHES[2]}.onnx"
-    with caplog.at_level(logging.INFO, logger="engine.backends.artifacts"):
-        artifacts.cached_artifact(fresh, lambda path: path.write_bytes(b"z" * 1000), "building")
-    assert fresh.exists() and all(path.exists() for path in in_use)
-    assert not any(path.exists() for path in stale)
+    graphs = sorted(folder.glob("onnx-*.onnx"))
+    assert len(graphs) == 2
+    stale = make_entry(folder, "onnx-render", HASHES[3], 2000, 600)
+    # The next start must build the keypoint graph again while its render graph is the oldest entry of all.
+    (render,) = [path for path in graphs if path.name.startswith("onnx-render-")]
+    os.utime(render, (time.time() - 3600,) * 2)
+    for path in folder.glob("onnx-keypoints-*"):
+        path.unlink()
+    monkeypatch.setattr(artifacts, "_USED_HERE", set())  # a new start
+    monkeypatch.setenv(LIMIT_ENV, str(1 / 2**30))  # one byte: everything else must go
+    with caplog.at_level(logging.INFO, logger="engine.backends"):
+        load_model(CONFIG, CHECKPOINT, backend="onnxruntime")
+    assert "exporting the keypoints graph" in caplog.text
+    assert "exporting the render graph" not in caplog.text  # not removed after the keypoints' build, then rebuilt
+    assert all(path.exists() for path in graphs) and not any(path.exists() for path in stale)
     assert (f"the compiled-model cache is over its limit of 0.0 GiB ({LIMIT_ENV}): removed 1 entry used least "
-            f"recently (0.0 MB): onnx-render-{HASHES[0]}") in caplog.text
+            f"recently (0.0 MB): onnx-render-{HASHES[3]}") in caplog.text
+
+
+def test_a_limit_that_is_not_a_number_stops_the_start_before_anything_is_built(tmp_path, monkeypatch):
+    from engine import load_model
+
+    from .test_backends import CHECKPOINT, CONFIG
+
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path))
+    monkeypatch.setenv(LIMIT_ENV, "4GB")
+    for backend in ("auto", "onnxruntime", "tensorrt"):
+        with pytest.raises(EngineError, match="FOMM_LIVE_CACHE_GB must be a positive number of gigabytes"):
+            load_model(CONFIG, CHECKPOINT, backend=backend)
+    assert not (tmp_path / "compiled").exists()  # nothing built, no failure remembered

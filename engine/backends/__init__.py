@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import EngineError
 from .base import PRECISIONS, Backend, BackendUnavailable
+from .eviction import cache_limit_bytes
 
 if TYPE_CHECKING:
     from ..model import FirstOrderModel
@@ -56,8 +57,9 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
     Raises :class:`BackendUnavailable` when the named backend (or, for auto, every backend) cannot run,
     and :class:`EngineError` for an unknown name or precision.
     """
+    cache_limit_bytes()  # a bad setting is reported before anything is built, not taken for a failed build
     if name != "auto":
-        return _build(backend_class(name), model, precision)
+        return _kept_under_limit(_build(backend_class(name), model, precision))
     reasons = []
     for candidate in AUTO_ORDER.get(model.device.type, ("eager",)):
         backend = backend_class(candidate)
@@ -72,7 +74,7 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
             logger = logging.getLogger(__name__)
             if logger.isEnabledFor(logging.INFO):  # the reason may time the model (OpenVINO's int8 offer)
                 logger.info("auto chose backend %s %s: %s", candidate, chosen.precision, chosen.auto_choice_reason())
-            return chosen
+            return _kept_under_limit(chosen)
     raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
 
 
@@ -84,6 +86,14 @@ def _auto_precisions(backend: type[Backend], model: "FirstOrderModel") -> tuple[
     if not model.renders and "float32" in choices:
         return ("float32",)
     return choices
+
+
+def _kept_under_limit(backend: Backend) -> Backend:
+    """``backend``, once the artifact cache is back under its size limit (the graphs it uses stay)."""
+    from .artifacts import keep_under_limit
+
+    keep_under_limit()
+    return backend
 
 
 def _build(backend: type[Backend], model: "FirstOrderModel", precision: str | None) -> Backend:

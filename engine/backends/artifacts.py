@@ -12,8 +12,9 @@ An entry is trusted only while its bytes are those it was built with:
 (atomically, after the artifact itself) and checks it before every use.  An
 entry that fails the check (a flipped byte, a truncated file, a missing
 digest) is logged and rebuilt, never loaded.  Every use marks an entry as
-recent, and after each build the entries used least recently are removed while
-the folder is over its size limit (:mod:`.eviction`).  A backend needs two calls::
+recent; once a backend is built, :func:`keep_under_limit` removes the entries
+used least recently while the folder is over its size limit (:mod:`.eviction`).
+A backend needs two calls::
 
     key = artifact_key(model, precision, onnxruntime=onnxruntime.__version__)
     path = cached_artifact(artifact_path("onnx-render", ".onnx", key, part="render"), build, "exporting ...")
@@ -181,23 +182,23 @@ def _verified_or_built(path: Path, build: Callable[[Path], None], action: str) -
     match = ENTRY_NAME.fullmatch(path.name)
     if match:
         _USED_HERE.add(match["entry"])
+    touch(path)  # before the (slow) digest check, so that another process sees it in use at once
     reason = unverified_reason(path)
     if reason is None:
-        touch(path)
         return path, False
     if reason != "absent":
         log.warning("cached artifact %s cannot be trusted (%s); rebuilding it", path, reason)
         discard(path)
-    limit = cache_limit_bytes()  # a bad setting is reported before a long build, not after it
     log.info("%s (first start only: cached in %s)", action, path.parent)
-    build_atomically(path, build)
-    _keep_under_limit(path.parent, limit)
-    return path, True
+    return build_atomically(path, build), True
 
 
-def _keep_under_limit(folder: Path, limit: int) -> None:
-    """After a build: remove the entries used least recently while the cache is over ``limit`` bytes (.eviction)."""
-    removed = evict(folder, limit, keep=_USED_HERE)
+def keep_under_limit() -> None:
+    """Remove the cache's entries used least recently while it is over its limit, none this process has used
+    (called once a backend is built, so that no graph of it is removed between its parts).  Raises EngineError for
+    a limit setting that is not a number (see .eviction.cache_limit_bytes)."""
+    limit = cache_limit_bytes()
+    removed = evict(cache_root() / "compiled", limit, keep=_USED_HERE)
     if removed:
         log.info("the compiled-model cache is over its limit of %.1f GiB (%s): removed %d %s used least recently "
                  "(%.1f MB): %s", limit / 2**30, LIMIT_ENV, len(removed), "entry" if len(removed) == 1 else "entries",

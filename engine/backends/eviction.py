@@ -7,8 +7,12 @@ entries behind, never to be read again: without a limit the folder only grows
 5.2 GB).  An entry is the artifact and its companions, every file named
 ``<kind>-<24 hex digits>.<suffix>...`` (the ``.sha256`` digest, an int8
 ``.quality.json`` report); its last use is the newest modification time among
-them, and :func:`touch` marks a use.  Files with other names (temporaries,
-TensorRT's timing cache, ONNX Runtime's engine folder) are left alone.
+them, and :func:`touch` marks a use.  Only entries that hold an artifact (a
+file with its digest) are removed: a marker alone (a TensorRT build that
+failed, the report of a refused int8 model) is a few bytes that spare the next
+start minutes of building, so it stays.  Files with other names (temporaries,
+TensorRT's timing cache, ONNX Runtime's engine folder) are neither counted nor
+removed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ class Entry:
     files: list[Path]
     size: int
     last_used: float
+
+    @property
+    def holds_artifact(self) -> bool:
+        """Whether a file of the entry has its digest beside it (what :mod:`.artifacts` writes for every build)."""
+        names = {path.name for path in self.files}
+        return any(f"{name}.sha256" in names for name in names)
 
 
 def cache_limit_bytes() -> int:
@@ -86,8 +96,9 @@ def evict(folder: Path, limit: int, keep: set[str]) -> list[Entry]:
     """Remove the least recently used entries of ``folder`` until the entries total at most ``limit`` bytes.
 
     keep: entry names never removed (those this process uses).  Returns the
-    removed entries, oldest first.  A file another process removed first is
-    no error; one that cannot be removed (permissions) is skipped.
+    removed entries, oldest first.  Entries without an artifact are counted
+    but never removed (see the module's docstring).  A file another process
+    removed first is no error; one that cannot be removed (permissions) is skipped.
     """
     current = entries(folder)
     total = sum(entry.size for entry in current)
@@ -95,7 +106,7 @@ def evict(folder: Path, limit: int, keep: set[str]) -> list[Entry]:
     for entry in current:
         if total <= limit:
             break
-        if entry.name in keep:
+        if entry.name in keep or not entry.holds_artifact:
             continue
         try:
             for path in entry.files:
