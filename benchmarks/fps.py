@@ -369,7 +369,6 @@ def measure_alternating(args, names: list[str], checkpoint, device: torch.device
     each end to end.  Peak memory is then the whole process's."""
     loaded = [("eager", "float32", BASELINE, baseline_model)]
     for name, precision in variants(names, device):
-        torch.manual_seed(0)
         try:
             loaded.append((name, precision, "cached",
                            load_model(args.config, checkpoint, device=device, backend=name, precision=precision)))
@@ -406,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     frames = camera_frames(args.frames)
 
     results = []
-    torch.manual_seed(0)
     baseline_model = load_model(args.config, checkpoint, device=device, fuse_layers=False)
     for network in (baseline_model.kp_detector, baseline_model.generator):  # the original's NCHW layout
         network.to(memory_format=torch.contiguous_format)
@@ -417,7 +415,6 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure("eager", "float32", BASELINE, baseline_model, device, frames, framed, args.warmup))
         del baseline_model
         for name, precision in variants(names, device):
-            torch.manual_seed(0)
             try:
                 model = load_model(args.config, checkpoint, device=device, backend=name, precision=precision)
                 results.append(measure(name, precision, "cached", model, device, frames, framed, args.warmup))

@@ -158,7 +158,8 @@ RANDOM_WEIGHTS_SEED = 0
 
 
 def _build_networks(config: ModelConfig, align_corners: bool, keypoints_only: bool) -> Networks:
-    kp_detector = KeypointDetector(config.kp_detector)  # first: random weights draw the same detector with or without
+    # First: random weights then draw the same detector whether a generator is built after it or not.
+    kp_detector = KeypointDetector(config.kp_detector)
     generator = None if keypoints_only else Generator(config.generator, align_corners=align_corners)
     return kp_detector, generator
 
@@ -169,8 +170,8 @@ def _random_networks(config: ModelConfig, align_corners: bool, keypoints_only: b
     Every process then builds the same model: its compiled graphs come from the cache instead of being rebuilt
     (and stored again) on every start, and timings of separate runs compare like for like.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator, the only one that initialises modules
+        torch.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)  # (torch.manual_seed would reseed CUDA's too)
         return _build_networks(config, align_corners, keypoints_only)
 
 

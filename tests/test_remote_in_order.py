@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -122,8 +121,22 @@ def client(server, tmp_path):
 
 def render_within(stage: RemoteRender, seconds: float) -> np.ndarray | None:
     """stage.render(KEYPOINTS) in another thread: a hang fails the test instead of stalling it."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(stage.render, KEYPOINTS).result(seconds)
+    outcome: dict[str, object] = {}
+
+    def render() -> None:
+        try:
+            outcome["image"] = stage.render(KEYPOINTS)
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=render, daemon=True)  # a daemon: a hung render cannot hold the run at exit
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        pytest.fail(f"the render did not return within {seconds} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["image"]
 
 
 def test_each_frame_gets_its_own_square_and_the_wait_sleeps_until_it_arrives(server, client):

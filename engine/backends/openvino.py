@@ -82,7 +82,10 @@ def intel_gpu_name() -> str | None:
     core = openvino_core()
     for device in core.available_devices:
         if device.split(".")[0] == "GPU":
-            return str(core.get_property(device, "FULL_DEVICE_NAME"))
+            try:
+                return str(core.get_property(device, "FULL_DEVICE_NAME"))
+            except Exception:  # a GPU listed but unwell (its driver): it is still there; compiling will say why
+                return device
     return None
 
 

@@ -320,9 +320,13 @@ class StoredReport:
 def stored_reports(compiled_dir: Path) -> list[StoredReport]:
     """Every int8 quality report in the artifact cache's ``compiled`` folder, newest first."""
     entries = []
-    reports = sorted(compiled_dir.glob(f"openvino-render-*{REPORT_SUFFIX}"), key=lambda p: p.stat().st_mtime,
-                     reverse=True)
-    for path in reports:
+    dated = []
+    for path in compiled_dir.glob(f"openvino-render-*{REPORT_SUFFIX}"):
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except FileNotFoundError:  # removed meanwhile (the cache's size limit, another process)
+            continue
+    for _, path in sorted(dated, reverse=True):
         report = read_report(path)
         if report is None:
             entries.append(StoredReport(f"{path.name}: unreadable (measured again on the next int8 start)", False))
