@@ -22,6 +22,7 @@ from .one_euro import OneEuroFilter
 
 CROP_SCALE = 2.0  # crop side / face-box side: head, hair and a little shoulder, like the training crops
 CROP_LIFT = 0.1  # raise the crop centre by this fraction of the face box (the box sits low on the head)
+EDGE_PX = 2  # a face box this close to the edge of the square it was found in may be cut by it
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class DrivingFramer:
         self.zoom = 1.0
         self.offset = (0.0, 0.0)
         self._anchor: Square | None = None
+        self._turn = -1  # which of the other covering squares was searched last (see detect)
 
     @property
     def anchored(self) -> bool:
@@ -170,7 +172,7 @@ class DrivingFramer:
 
     def calibrate(self, frame: np.ndarray, time: float) -> bool:
         """Place the crop around the face in ``frame``; returns whether a face was found."""
-        face = self.detect(frame)
+        face = self.detect(frame, everywhere=True)
         if face is None:
             return False
         self._anchor = face.square()
@@ -193,22 +195,46 @@ class DrivingFramer:
         square = Square(self._anchor.cx + self.offset[0] * side, self._anchor.cy + self.offset[1] * side, side)
         return FramedImage(crop_square(frame, square, self.size), square, face is not None)
 
-    def detect(self, frame: np.ndarray) -> Face | None:
+    def detect(self, frame: np.ndarray, everywhere: bool = False) -> Face | None:
         """The face in the largest square of ``frame`` around the crop (the frame's centre before any face), else in
-        the other largest squares that cover the frame, nearest first.  The short-range detector reads a square
-        image: on a whole 16:9 webcam frame its scores for a face filling half the height fell to 0.3-0.7 (a
-        quarter of the frames missed at 0.5), against 0.93-0.97 on a square around it."""
+        one of the other largest squares that cover the frame, a different one each frame (a face that appears
+        elsewhere is found within a few frames, and a frame without a face costs two detections); everywhere:
+        search all of them (calibration).  The short-range detector reads a square image: on a whole 16:9 webcam
+        frame its scores for a face filling half the height fell to 0.3-0.7 (a quarter of the frames missed at
+        0.5), against 0.93-0.97 on a square around it."""
         height, width = frame.shape[:2]
         around = self._anchor or centre_square(height, width)
         first = fit_inside(Square(around.cx, around.cy, min(height, width)), height, width)
         others = sorted((square for square in covering_squares(height, width) if square != first),
                         key=lambda square: abs(square.cx - first.cx) + abs(square.cy - first.cy))
-        for square in (first, *others):
-            x0, y0, x1, y1 = square.corners()
-            face = self.detector.detect(frame[y0:y1, x0:x1])
+        if not everywhere and others:
+            self._turn = (self._turn + 1) % len(others)
+            others = [others[self._turn]]
+        for window in (first, *others):
+            face = self._detect_in(frame, window)
             if face is not None:
-                return face.shifted(x0, y0)
+                return face
         return None
+
+    def _detect_in(self, frame: np.ndarray, window: Square) -> Face | None:
+        """The face in ``window`` of ``frame`` (frame coordinates); a face cut by the window's edge is detected again
+        in the square centred on it (cut, it came back 13% smaller and 12 pixels off)."""
+        height, width = frame.shape[:2]
+        x0, y0, x1, y1 = window.corners()
+        face = self.detector.detect(frame[y0:y1, x0:x1])
+        if face is None:
+            return None
+        face = face.shifted(x0, y0)
+        cut = (face.x <= x0 + EDGE_PX or face.y <= y0 + EDGE_PX or face.x + face.width >= x1 - EDGE_PX
+               or face.y + face.height >= y1 - EDGE_PX)
+        centred = fit_inside(Square(face.x + face.width / 2, face.y + face.height / 2, min(height, width)), height,
+                             width)
+        if cut and centred.corners() != window.corners():
+            cx0, cy0, cx1, cy1 = centred.corners()
+            again = self.detector.detect(frame[cy0:cy1, cx0:cx1])
+            if again is not None:
+                return again.shifted(cx0, cy0)
+        return face
 
     def _followed(self, target: Square, time: float) -> Square:
         """Move the anchor just enough to bring the face back inside the dead zone, smoothly."""

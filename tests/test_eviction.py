@@ -72,16 +72,23 @@ def test_a_limit_that_is_not_a_positive_number_is_refused_with_what_was_found(mo
         cache_limit_bytes()
 
 
-def test_markers_without_an_artifact_are_counted_but_stay(tmp_path):
+def test_markers_are_counted_but_stay_and_an_artifact_without_its_digest_goes(tmp_path):
     failed = make_entry(tmp_path, "tensorrt-render", HASHES[0], 10, 900, companions=())  # no digest: a marker
     failed[0].rename(failed[0].with_suffix(".failed"))
     refused = make_entry(tmp_path, "openvino-render", HASHES[1], 0, 800, companions=(".quality.json",))
     refused[0].unlink()  # a refused int8 model: its report stays, its blob is gone
-    artifact = make_entry(tmp_path, "onnx-render", HASHES[2], 1000, 100)
-    assert [entry.holds_artifact for entry in entries(tmp_path)] == [False, False, True]
-    assert [entry.name for entry in evict(tmp_path, limit=0, keep=set())] == [f"onnx-render-{HASHES[2]}"]
-    assert (tmp_path / f"tensorrt-render-{HASHES[0]}.failed").exists() and refused[1].exists()
-    assert not any(path.exists() for path in artifact)
+    # A TensorRT program built, then failing to load: the program, its digest and the failure marker.
+    built_then_failed = make_entry(tmp_path, "tensorrt-keypoints", HASHES[2], 1000, 700)
+    marker = tmp_path / f"tensorrt-keypoints-{HASHES[2]}.failed"
+    marker.write_text("RuntimeError: engine does not deserialize\n")
+    os.utime(marker, (time.time() - 700,) * 2)
+    undigested = make_entry(tmp_path, "onnx-render", HASHES[3], 1000, 100, companions=())  # cut short before its digest
+    assert [entry.holds_artifact for entry in entries(tmp_path)] == [False, False, True, True]
+
+    removed = evict(tmp_path, limit=0, keep=set())
+    assert [entry.name for entry in removed] == [f"tensorrt-keypoints-{HASHES[2]}", f"onnx-render-{HASHES[3]}"]
+    assert not any(path.exists() for path in built_then_failed + undigested)
+    assert marker.exists() and (tmp_path / f"tensorrt-render-{HASHES[0]}.failed").exists() and refused[1].exists()
 
 
 def test_a_start_over_the_limit_removes_old_entries_but_none_of_the_graphs_it_uses(tmp_path, monkeypatch, caplog):

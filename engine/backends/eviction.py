@@ -7,12 +7,13 @@ entries behind, never to be read again: without a limit the folder only grows
 5.2 GB).  An entry is the artifact and its companions, every file named
 ``<kind>-<24 hex digits>.<suffix>...`` (the ``.sha256`` digest, an int8
 ``.quality.json`` report); its last use is the newest modification time among
-them, and :func:`touch` marks a use.  Only entries that hold an artifact (a
-file with its digest) are removed: a marker alone (a TensorRT build that
-failed, the report of a refused int8 model) is a few bytes that spare the next
-start minutes of building, so it stays.  Files with other names (temporaries,
-TensorRT's timing cache, ONNX Runtime's engine folder) are neither counted nor
-removed.
+them, and :func:`touch` marks a use.  Markers are never removed: a TensorRT
+``.failed`` record or the ``.quality.json`` report of a refused int8 model (whose
+blob is gone) is a few bytes that spare the next start minutes of building.  An
+entry that holds anything else (an artifact, with or without its digest) is
+removed whole, except its ``.failed`` marker; an accepted int8 model's report
+goes with its blob.  Files with other names (temporaries, TensorRT's timing
+cache, ONNX Runtime's engine folder) are neither counted nor removed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ..errors import EngineError
 LIMIT_ENV = "FOMM_LIVE_CACHE_GB"
 DEFAULT_LIMIT_GB = 4.0
 ENTRY_NAME = re.compile(r"(?P<entry>[a-z0-9]+(?:-[a-z0-9]+)*-[0-9a-f]{24})\..+")
+FAILURE_MARKER = ".failed"
+MARKERS = (FAILURE_MARKER, ".quality.json")
 
 
 @dataclass
@@ -40,9 +43,13 @@ class Entry:
 
     @property
     def holds_artifact(self) -> bool:
-        """Whether a file of the entry has its digest beside it (what :mod:`.artifacts` writes for every build)."""
-        names = {path.name for path in self.files}
-        return any(f"{name}.sha256" in names for name in names)
+        """Whether the entry holds more than markers and digests (see the module's docstring)."""
+        return any(not path.name.endswith((*MARKERS, ".sha256")) for path in self.files)
+
+    @property
+    def removable_files(self) -> list[Path]:
+        """What eviction deletes: every file but a ``.failed`` marker."""
+        return [path for path in self.files if not path.name.endswith(FAILURE_MARKER)]
 
 
 def cache_limit_bytes() -> int:
@@ -96,8 +103,8 @@ def evict(folder: Path, limit: int, keep: set[str]) -> list[Entry]:
     """Remove the least recently used entries of ``folder`` until the entries total at most ``limit`` bytes.
 
     keep: entry names never removed (those this process uses).  Returns the
-    removed entries, oldest first.  Entries without an artifact are counted
-    but never removed (see the module's docstring).  A file another process
+    removed entries, oldest first.  Markers are counted but never removed (see
+    the module's docstring).  A file another process
     removed first is no error; one that cannot be removed (permissions) is skipped.
     """
     current = entries(folder)
@@ -108,11 +115,17 @@ def evict(folder: Path, limit: int, keep: set[str]) -> list[Entry]:
             break
         if entry.name in keep or not entry.holds_artifact:
             continue
+        freed = 0
         try:
-            for path in entry.files:
+            for path in entry.removable_files:
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:  # another process removed it first
+                    continue
                 path.unlink(missing_ok=True)
-        except OSError:
+                freed += size
+        except OSError:  # not ours to remove (permissions): the next entry, then
             continue
-        total -= entry.size
+        total -= freed
         removed.append(entry)
     return removed
