@@ -51,8 +51,11 @@ def test_the_least_recently_used_entries_go_first_with_their_companions(tmp_path
     assert all(path.exists() for path in older) and not any(path.exists() for path in newest)
 
 
-def test_a_missing_cache_folder_has_no_entries(tmp_path):
+def test_a_missing_or_unusable_cache_folder_has_no_entries(tmp_path):
     assert entries(tmp_path / "never-made") == [] and evict(tmp_path / "never-made", 0, set()) == []
+    (tmp_path / "a-file").write_text("not a folder")
+    under_a_file = tmp_path / "a-file" / "compiled"  # a data directory under a regular file (tests/test_cache_faults)
+    assert entries(under_a_file) == [] and evict(under_a_file, 0, set()) == []
 
 
 @pytest.mark.parametrize("value, expected", [(None, 4 * 2**30), ("0.5", 2**29), (" 10 ", 10 * 2**30)])

@@ -80,7 +80,7 @@ def entries(folder: Path) -> list[Entry]:
     found: dict[str, Entry] = {}
     try:
         paths = list(folder.iterdir())
-    except FileNotFoundError:
+    except OSError:  # no cache folder, or none that can be listed (under a regular file, no permission): nothing to do
         return []
     for path in paths:
         match = ENTRY_NAME.fullmatch(path.name)
