@@ -73,7 +73,7 @@ def flatten_source(source: SourceState) -> tuple[torch.Tensor, ...]:
 @torch.no_grad()
 def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
     """The keypoint detector as ONNX: input "frame" (1x3xHxW float32), outputs "value", "jacobian"."""
-    frame = example_inputs(model).frame
+    frame = example_frame(model)
     with _quiet_tracer(), modes_kept(model.kp_detector):
         torch.onnx.export(model.kp_detector, (frame,), str(path), opset_version=ONNX_OPSET, dynamo=False,
                           input_names=["frame"], output_names=list(KEYPOINT_INPUTS))
@@ -108,11 +108,16 @@ class ExampleInputs(NamedTuple):
 EXAMPLE_SEED = 0  # the same frame on every start: the same weights give the same exported graphs
 
 
+def example_frame(model: FirstOrderModel) -> torch.Tensor:
+    """The keypoint graph's example input, ``ExampleInputs.frame`` alone (nothing else is computed for it)."""
+    height, width = model.frame_size
+    return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(EXAMPLE_SEED)).to(model.device)
+
+
 def example_inputs(model: FirstOrderModel) -> ExampleInputs:
     """The seeded example inputs of ``model``'s per-frame graphs (see :class:`ExampleInputs`); fresh tensors on
     every call, so a caller may cast or copy them as its graph needs."""
-    height, width = model.frame_size
-    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(EXAMPLE_SEED)).to(model.device)
+    frame = example_frame(model)
     with torch.no_grad():
         keypoints = model.kp_detector(frame)
         source = model.generator.encode_source(frame, keypoints) if model.renders else None

@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from ..export import FlatKeypoints, FlatRender, example_inputs, flatten_source
+from ..export import FlatKeypoints, FlatRender, example_frame, example_inputs, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
 from ..weights import cache_root
@@ -62,9 +62,9 @@ def graph_to_compile(model, part: str) -> Graph:
     """
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
-    frame, source, driving = example_inputs(model)
     if part == "keypoints":
-        return FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (frame.half(),)
+        return FlatKeypoints(copy.deepcopy(model.kp_detector).half()), (example_frame(model).half(),)
+    _, source, driving = example_inputs(model)
     return (FlatRender(copy.deepcopy(model.render_step).half()),
             (*flatten_source(cast_source(source, torch.float16)), *driving))
 
