@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from engine.backends import BACKENDS, backend_class
 from engine import EngineError
+from engine.backends import BACKENDS, backend_class
 from engine.backends.artifacts import digest_path
 from engine.backends.eviction import LIMIT_ENV, cache_limit_bytes
 from engine.backends.openvino_int8 import stored_reports

@@ -227,14 +227,15 @@ class DrivingFramer:
         face = face.shifted(x0, y0)
         cut = (face.x <= x0 + EDGE_PX or face.y <= y0 + EDGE_PX or face.x + face.width >= x1 - EDGE_PX
                or face.y + face.height >= y1 - EDGE_PX)
+        if not cut:
+            return face
         centred = fit_inside(Square(face.x + face.width / 2, face.y + face.height / 2, min(height, width)), height,
-                             width)
-        if cut and centred.corners() != window.corners():
-            cx0, cy0, cx1, cy1 = centred.corners()
-            again = self.detector.detect(frame[cy0:cy1, cx0:cx1])
-            if again is not None:
-                return again.shifted(cx0, cy0)
-        return face
+                             width).corners()
+        if centred == (x0, y0, x1, y1):  # the frame's own edge: nothing more to see
+            return face
+        cx0, cy0, cx1, cy1 = centred
+        again = self.detector.detect(frame[cy0:cy1, cx0:cx1])
+        return face if again is None else again.shifted(cx0, cy0)
 
     def _followed(self, target: Square, time: float) -> Square:
         """Move the anchor just enough to bring the face back inside the dead zone, smoothly."""

@@ -57,9 +57,9 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
     Raises :class:`BackendUnavailable` when the named backend (or, for auto, every backend) cannot run,
     and :class:`EngineError` for an unknown name or precision.
     """
-    cache_limit_bytes()  # a bad setting is reported before anything is built, not taken for a failed build
+    cache_limit = cache_limit_bytes()  # a bad setting said before anything is built, not taken for a failed build
     if name != "auto":
-        return _kept_under_limit(_build(backend_class(name), model, precision))
+        return _kept_under_limit(_build(backend_class(name), model, precision), cache_limit)
     reasons = []
     for candidate in AUTO_ORDER.get(model.device.type, ("eager",)):
         backend = backend_class(candidate)
@@ -74,7 +74,7 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
             logger = logging.getLogger(__name__)
             if logger.isEnabledFor(logging.INFO):  # the reason may time the model (OpenVINO's int8 offer)
                 logger.info("auto chose backend %s %s: %s", candidate, chosen.precision, chosen.auto_choice_reason())
-            return _kept_under_limit(chosen)
+            return _kept_under_limit(chosen, cache_limit)
     raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
 
 
@@ -88,11 +88,11 @@ def _auto_precisions(backend: type[Backend], model: "FirstOrderModel") -> tuple[
     return choices
 
 
-def _kept_under_limit(backend: Backend) -> Backend:
-    """``backend``, once the artifact cache is back under its size limit (the graphs it uses stay)."""
+def _kept_under_limit(backend: Backend, cache_limit: int) -> Backend:
+    """``backend``, once the artifact cache is back under ``cache_limit`` bytes (the graphs it uses stay)."""
     from .artifacts import keep_under_limit
 
-    keep_under_limit()
+    keep_under_limit(cache_limit)
     return backend
 
 

@@ -36,7 +36,7 @@ import torch
 from ..weights import cache_root, file_sha256
 from ..weights_cache import write_atomically
 from .base import BackendUnavailable, weights_fingerprint
-from .eviction import LIMIT_ENV, ENTRY_NAME, cache_limit_bytes, evict, touch
+from .eviction import ENTRY_NAME, LIMIT_ENV, evict, touch
 
 if TYPE_CHECKING:
     from ..model import FirstOrderModel
@@ -193,11 +193,10 @@ def _verified_or_built(path: Path, build: Callable[[Path], None], action: str) -
     return build_atomically(path, build), True
 
 
-def keep_under_limit() -> None:
-    """Remove the cache's entries used least recently while it is over its limit, none this process has used
-    (called once a backend is built, so that no graph of it is removed between its parts).  Raises EngineError for
-    a limit setting that is not a number (see .eviction.cache_limit_bytes)."""
-    limit = cache_limit_bytes()
+def keep_under_limit(limit: int) -> None:
+    """Remove the cache's entries used least recently while they total over ``limit`` bytes
+    (:func:`.eviction.cache_limit_bytes`), none this process has used (called once a backend is built, so that no
+    graph of it is removed between its parts)."""
     removed = evict(cache_root() / "compiled", limit, keep=_USED_HERE)
     if removed:
         log.info("the compiled-model cache is over its limit of %.1f GiB (%s): removed %d %s used least recently "

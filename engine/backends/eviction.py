@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def entries(folder: Path) -> list[Entry]:
             status = path.stat()
         except FileNotFoundError:
             continue
-        if not path.is_file():
+        if not stat.S_ISREG(status.st_mode):
             continue
         entry = found.setdefault(match["entry"], Entry(match["entry"], [], 0, 0.0))
         entry.files.append(path)
