@@ -120,6 +120,16 @@ def test_auto_on_the_cpu_picks_native_bfloat16_else_float32_and_says_why(home, m
             f"{MEASURED_ON}") in caplog.text
 
 
+def test_auto_with_a_precision_asked_for_explains_the_backend_only(home, caplog):
+    # The reason once called an asked-for int8 "the fastest float32 here" and offered int8 against itself.
+    with caplog.at_level(logging.INFO, logger="engine.backends"):
+        model = load_model(CONFIG, CHECKPOINT, backend="auto", precision="float32")
+    assert (model.backend.name, model.backend.precision) == ("openvino", "float32")
+    assert ("auto chose backend openvino float32: the first backend in auto's order (fastest first) that runs float32 "
+            "here, the precision asked for") in caplog.text
+    assert "opt-in" not in caplog.text and "fastest float32" not in caplog.text
+
+
 def test_compiled_models_are_reused_and_rebuilt_when_corrupt(home, small_inputs, monkeypatch):
     first = frames_of(load_model(CONFIG, CHECKPOINT, backend="openvino"), small_inputs)
     blobs = sorted((home / "compiled").glob("openvino-*.blob"))

@@ -72,7 +72,10 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
                 log(f"backend {variant} cannot run here ({error}); trying the next")
                 continue
             logger = logging.getLogger(__name__)
-            if logger.isEnabledFor(logging.INFO):  # the reason may time the model (OpenVINO's int8 offer)
+            if precision:  # the precision was the user's choice, only the backend auto's
+                logger.info("auto chose backend %s %s: the first backend in auto's order (fastest first) that runs "
+                            "%s here, the precision asked for", candidate, chosen.precision, precision)
+            elif logger.isEnabledFor(logging.INFO):  # the reason may time the model (OpenVINO's int8 offer)
                 logger.info("auto chose backend %s %s: %s", candidate, chosen.precision, chosen.auto_choice_reason())
             return _kept_under_limit(chosen, cache_limit)
     raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
