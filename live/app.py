@@ -82,6 +82,7 @@ def check_options(args: argparse.Namespace) -> Checked:
     if not args.source:
         raise AvatarError("no avatar: pass --source IMAGE or --source FOLDER")
     library = AvatarLibrary(args.source)
+    library.check_first()
     output = check_output_path(args.output, args.camera) if args.output else None
     source = open_camera(args.camera)
     config, checkpoint = model_and_checkpoint(args.config, args.checkpoint)

@@ -49,13 +49,24 @@ class AvatarLibrary:
     def __len__(self) -> int:
         return len(self.files)
 
-    def load(self, index: int, detector: FaceDetector, size: int) -> Avatar:
-        """Avatar ``index`` (0-based), read and framed; raises :class:`AvatarError` if it is missing or unreadable."""
+    def check_first(self) -> None:
+        """Decode the avatar a run starts with (the first in name order), so that a file that is no image is refused
+        before the model loads; raises :class:`AvatarError` as :meth:`load` does. The others are read when switched
+        to."""
+        self.read(0)
+
+    def read(self, index: int) -> np.ndarray:
+        """The whole picture of avatar ``index`` (0-based) as HxWx3 uint8 RGB; raises :class:`AvatarError` if it is
+        missing or unreadable."""
         if not 0 <= index < len(self.files):
             raise AvatarError(f"no avatar {index + 1}: {self.path} holds {len(self.files)}")
         path = self.files[index]
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise AvatarError(f"cannot read avatar image {path} (not an image, or a format OpenCV cannot decode)")
-        photo = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return Avatar(path.name, photo, frame_avatar(photo, detector, size))
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def load(self, index: int, detector: FaceDetector, size: int) -> Avatar:
+        """Avatar ``index`` (0-based), read and framed; raises :class:`AvatarError` if it is missing or unreadable."""
+        photo = self.read(index)
+        return Avatar(self.files[index].name, photo, frame_avatar(photo, detector, size))

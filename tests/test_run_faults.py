@@ -153,6 +153,39 @@ def test_a_read_only_output_folder_is_refused_before_loading(tmp_path, media):
     assert_refused_before_loading(result, "cannot write in")
 
 
+@pytest.mark.parametrize("case", ["a text file named .png", "a folder whose first image is no image"])
+def test_an_avatar_that_is_no_image_is_refused_before_loading(tmp_path, media, case):
+    if case == "a text file named .png":
+        source = unreadable = tmp_path / "notimg.png"
+        source.write_text("these are my notes, not a picture\n")
+    else:
+        source = tmp_path / "avatars"
+        source.mkdir()
+        unreadable = source / "1-broken.png"
+        unreadable.write_bytes(b"not an image")
+        write_avatar(source / "2-good.png")
+    # A checkpoint that exists but holds no weights: had the model been loaded, the run would stop on it instead.
+    checkpoint = tmp_path / "garbage.pth.tar"
+    checkpoint.write_text("not a checkpoint")
+    result = run_tool(tmp_path, "--source", str(source), "--camera", str(media["driving"]), "--output",
+                      str(tmp_path / "out.mp4"), "--no-preview", "--checkpoint", str(checkpoint))
+    assert_refused_before_loading(
+        result, f"cannot read avatar image {unreadable} (not an image, or a format OpenCV cannot decode)")
+    assert not list(tmp_path.rglob("*.mp4")), "no output file is started"
+
+
+def test_a_folder_is_checked_only_for_the_avatar_the_run_starts_with(tmp_path, media):
+    source = tmp_path / "avatars"
+    source.mkdir()
+    write_avatar(source / "1-good.png")
+    (source / "2-broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out.mp4"
+    result = run_tool(tmp_path, "--source", str(source), "--camera", str(media["driving"]), "--output", str(out),
+                      "--no-preview")
+    assert result.returncode == 0, result.stderr
+    assert decodable_frames(out) == 24
+
+
 def corrupt_some_frames(path: Path, frames: list[np.ndarray], damaged: tuple[int, ...]) -> Path:
     """An MJPEG video whose frames ``damaged`` have their JPEG data wiped (the decoder rejects them)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (frames[0].shape[1], frames[0].shape[0]))
