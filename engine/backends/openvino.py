@@ -40,6 +40,7 @@ import torch
 
 from ..export import FlatKeypoints, FlatRender, example_inputs, flatten_source
 from ..generator import SourceState
+from ..held_signals import held_stop_signals
 from ..model import RenderStep
 from ..motion import Keypoints
 from ..speed import cpu_speed
@@ -282,7 +283,8 @@ class OpenVinoBackend(Backend):
         try:
             with torch.no_grad():
                 program = torch.export.export(module.eval(), inputs)
-            return self.openvino.convert_model(program)
+            with held_stop_signals():  # the conversion calls back into Python, where a signal's exception is lost
+                return self.openvino.convert_model(program)
         except Exception as error:
             raise BackendUnavailable(f"OpenVINO conversion of the {part} graph failed: {type(error).__name__}: "
                                      f"{error}") from error
