@@ -6,6 +6,12 @@ so that callers (the live loop) can catch the engine's failures in one place.
 """
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """``"<type>: <message>"`` on one line (a library's multi-line report squeezed), at most ``limit`` characters."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class EngineError(Exception):
     """Base class of every error the engine raises on bad input."""
 

@@ -67,6 +67,31 @@ def test_an_entry_whose_bytes_changed_is_logged_and_rebuilt(tmp_path, caplog, co
                for r in caplog.records)
 
 
+def test_a_verified_entry_that_will_not_load_is_rebuilt_with_one_line_saying_why(tmp_path, caplog):
+    # e.g. a blob written by another OpenVINO build: its digest matches, its loader raises a many-line report.
+    path, builds, loads = tmp_path / "compiled" / "kind-abc.blob", [], []
+
+    def build(temporary):
+        builds.append(temporary)
+        temporary.write_bytes(b"version %d" % len(builds))
+
+    def load(loaded):
+        loads.append(loaded.read_bytes())
+        if loads[-1] == b"version 1":
+            raise RuntimeError("Exception from src/inference/src/dev/core_impl.cpp:1234:\n[ GENERAL_ERROR ]\n"
+                               "Check 'false' failed\n    at a\n    at b")
+        return loads[-1]
+
+    cached_artifact(path, build, "building the thing")
+    with caplog.at_level(logging.WARNING, logger="engine.backends.artifacts"):
+        assert artifacts.load_artifact(path, build, "building the thing", load) == b"version 2"
+    assert len(builds) == 2 and loads == [b"version 1", b"version 2"]
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning == (f"cached artifact {path} is unusable (RuntimeError: Exception from "
+                       "src/inference/src/dev/core_impl.cpp:1234: [ GENERAL_ERROR ] Check 'false' failed at a at b); "
+                       "rebuilding it")
+
+
 def test_the_temporary_file_ends_like_the_artifact_and_nothing_stays_after_a_failed_build(tmp_path):
     path = tmp_path / "compiled" / "tensorrt-render-abc.pt2"
     seen = []

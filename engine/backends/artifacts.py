@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 
+from ..errors import one_line
 from ..weights import cache_root, file_sha256
 from ..weights_cache import write_atomically
 from .base import BackendUnavailable, weights_fingerprint
@@ -172,7 +173,7 @@ def load_artifact(path: Path, build: Callable[[Path], None], action: str, load: 
     except Exception as error:
         if built:
             raise
-        log.warning("cached artifact %s is unusable (%s: %s); rebuilding it", path, type(error).__name__, error)
+        log.warning("cached artifact %s is unusable (%s); rebuilding it", path, one_line(error))
         discard(path)
     return load(cached_artifact(path, build, action))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import one_line
 from ..export import ONNX_OPSET, SOURCE_INPUTS, export_keypoints_onnx, export_render_onnx, flatten_source
 from ..generator import SourceState
 from ..motion import Keypoints
@@ -121,7 +122,7 @@ class OnnxRuntimeBackend(Backend):
             raise
         except Exception as error:
             raise BackendUnavailable(f"the {part} graph could not be exported to ONNX and loaded: "
-                                     f"{type(error).__name__}: {error}") from error
+                                     f"{one_line(error)}") from error
 
     def _open(self, path: Path):
         options = self.ort.SessionOptions()

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..errors import one_line
 from ..export import FlatKeypoints, FlatRender, example_inputs, flatten_source
 from ..generator import SourceState
 from ..held_signals import held_stop_signals
@@ -219,8 +220,7 @@ class OpenVinoBackend(Backend):
         try:
             compiled = self.core.compile_model(graph, self.openvino_device, self.compile_config(precision))
         except Exception as error:
-            raise BackendUnavailable(f"OpenVINO could not compile the {part} graph: {type(error).__name__}: "
-                                     f"{error}") from error
+            raise BackendUnavailable(f"OpenVINO could not compile the {part} graph: {one_line(error)}") from error
         self.check_precision(compiled, precision)
         buffer = io.BytesIO()
         compiled.export_model(buffer)
@@ -286,8 +286,7 @@ class OpenVinoBackend(Backend):
             with held_stop_signals():  # the conversion calls back into Python, where a signal's exception is lost
                 return self.openvino.convert_model(program)
         except Exception as error:
-            raise BackendUnavailable(f"OpenVINO conversion of the {part} graph failed: {type(error).__name__}: "
-                                     f"{error}") from error
+            raise BackendUnavailable(f"OpenVINO conversion of the {part} graph failed: {one_line(error)}") from error
 
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
         value, jacobian = self.infer(self.keypoints_request, [frames])
