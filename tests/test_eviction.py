@@ -134,3 +134,28 @@ def test_a_limit_that_is_not_a_number_stops_the_start_before_anything_is_built(t
         with pytest.raises(EngineError, match="FOMM_LIVE_CACHE_GB must be a positive number of gigabytes"):
             load_model(CONFIG, CHECKPOINT, backend=backend)
     assert not (tmp_path / "compiled").exists()  # nothing built, no failure remembered
+
+
+def test_temporaries_a_killed_build_left_are_removed_after_a_day_and_nothing_else(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path))
+    folder = tmp_path / "compiled"
+    names = []
+
+    def build(temporary):  # the name a build's temporary gets; kill -9 during the build leaves it behind
+        names.append(temporary.name)
+        temporary.write_bytes(b"half-written")
+
+    artifacts.build_atomically(folder / f"openvino-render-{HASHES[0]}.blob", build)
+    leftovers = [folder / names[0], folder / f".openvino-render-{HASHES[0]}.blob.sha256.k3x9q_ab.tmp"]
+    fresh = folder / f".openvino-render-{HASHES[1]}-zz81mq0p.tmp.blob"  # a build running now, in another start
+    kept = [folder / f"openvino-render-{HASHES[0]}.blob", folder / "tensorrt-timing-cache.bin", fresh]
+    for path in leftovers + kept[1:]:
+        path.write_bytes(b"y" * 100)
+    day_ago = time.time() - 24 * 3600 - 60
+    for path in leftovers + kept:
+        os.utime(path, (day_ago, day_ago) if path is not fresh else None)
+    with caplog.at_level(logging.INFO, logger="engine.backends.artifacts"):
+        artifacts.keep_under_limit(cache_limit_bytes())
+    assert [path.exists() for path in leftovers] == [False, False]
+    assert all(path.exists() for path in kept)
+    assert "removed 2 temporary files of builds stopped over a day ago (killed or crashed)" in caplog.text

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -37,7 +38,7 @@ from ..errors import one_line
 from ..weights import cache_root, file_sha256
 from ..weights_cache import write_atomically
 from .base import BackendUnavailable, weights_fingerprint
-from .eviction import ENTRY_NAME, LIMIT_ENV, evict, touch
+from .eviction import ENTRY_NAME, LIMIT_ENV, evict, remove_stale_temporaries, touch
 
 if TYPE_CHECKING:
     from ..model import FirstOrderModel
@@ -195,10 +196,15 @@ def _verified_or_built(path: Path, build: Callable[[Path], None], action: str) -
 
 
 def keep_under_limit(limit: int) -> None:
-    """Remove the cache's entries used least recently while they total over ``limit`` bytes
-    (:func:`.eviction.cache_limit_bytes`), none this process has used (called once a backend is built, so that no
-    graph of it is removed between its parts)."""
-    removed = evict(cache_root() / "compiled", limit, keep=_USED_HERE)
+    """Remove the temporaries builds stopped over a day ago left, then the cache's entries used least recently while
+    they total over ``limit`` bytes (:func:`.eviction.cache_limit_bytes`), none this process has used (called once a
+    backend is built, so that no graph of it is removed between its parts)."""
+    folder = cache_root() / "compiled"
+    stale = remove_stale_temporaries(folder, time.time())
+    if stale:
+        log.info("removed %d temporary %s of builds stopped over a day ago (killed or crashed): %s", len(stale),
+                 "file" if len(stale) == 1 else "files", ", ".join(path.name for path in stale))
+    removed = evict(folder, limit, keep=_USED_HERE)
     if removed:
         log.info("the compiled-model cache is over its limit of %.1f GiB (%s): removed %d %s used least recently "
                  "(%.1f MB): %s", limit / 2**30, LIMIT_ENV, len(removed), "entry" if len(removed) == 1 else "entries",

@@ -12,8 +12,10 @@ them, and :func:`touch` marks a use.  Markers are never removed: a TensorRT
 blob is gone) is a few bytes that spare the next start minutes of building.  An
 entry that holds anything else (an artifact, with or without its digest) is
 removed whole, except its ``.failed`` marker; an accepted int8 model's report
-goes with its blob.  Files with other names (temporaries, TensorRT's timing
-cache, ONNX Runtime's engine folder) are neither counted nor removed.
+goes with its blob.  Files with other names (TensorRT's timing cache, ONNX
+Runtime's engine folder) are neither counted nor removed, except temporaries
+(``.<name>.tmp...``) a day old: no build takes that long, so they are what a
+killed or crashed build left (a half-written int8 blob is 50 MB).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ..errors import EngineError
 LIMIT_ENV = "FOMM_LIVE_CACHE_GB"
 DEFAULT_LIMIT_GB = 4.0
 ENTRY_NAME = re.compile(r"(?P<entry>[a-z0-9]+(?:-[a-z0-9]+)*-[0-9a-f]{24})\..+")
+TEMPORARY_NAME = re.compile(r"\..+\.tmp(?:\.[A-Za-z0-9]+)?")  # artifacts.build_atomically's, write_atomically's
+STALE_TEMPORARY_S = 24 * 3600
 FAILURE_MARKER = ".failed"
 MARKERS = (FAILURE_MARKER, ".quality.json")
 
@@ -129,4 +133,27 @@ def evict(folder: Path, limit: int, keep: set[str]) -> list[Entry]:
             continue
         total -= freed
         removed.append(entry)
+    return removed
+
+
+def remove_stale_temporaries(folder: Path, now: float) -> list[Path]:
+    """Remove the temporaries in ``folder`` last written over a day before ``now`` (a POSIX time); returns them.
+
+    One that vanishes meanwhile (its build finished) or cannot be removed is skipped.
+    """
+    try:
+        paths = list(folder.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for path in paths:
+        if TEMPORARY_NAME.fullmatch(path.name) is None:
+            continue
+        try:
+            status = path.stat()
+            if stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMPORARY_S:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
     return removed
