@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -128,6 +129,13 @@ def test_auto_with_a_precision_asked_for_explains_the_backend_only(home, caplog)
     assert ("auto chose backend openvino float32: the first backend in auto's order (fastest first) that runs float32 "
             "here, the precision asked for") in caplog.text
     assert "opt-in" not in caplog.text and "fastest float32" not in caplog.text
+
+
+def test_a_build_prints_no_library_deprecation_warning(home):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(CONFIG, CHECKPOINT, backend="openvino", precision="float32")
+    assert not [str(warning.message) for warning in caught if issubclass(warning.category, FutureWarning)]
 
 
 def test_compiled_models_are_reused_and_rebuilt_when_corrupt(home, small_inputs, monkeypatch):

@@ -32,6 +32,7 @@ import functools
 import io
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -283,7 +284,11 @@ class OpenVinoBackend(Backend):
         try:
             with torch.no_grad():
                 program = torch.export.export(module.eval(), inputs)
-            with held_stop_signals():  # the conversion calls back into Python, where a signal's exception is lost
+            # Signals held: the conversion calls back into Python, where a signal's exception would be lost.
+            with held_stop_signals(), warnings.catch_warnings():
+                # OpenVINO 2026.4 copies the program's tree specs, which torch 2.13 answers with a deprecation
+                # warning on every build: two lines the user can do nothing about.
+                warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
                 return self.openvino.convert_model(program)
         except Exception as error:
             raise BackendUnavailable(f"OpenVINO conversion of the {part} graph failed: {one_line(error)}") from error
