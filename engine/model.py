@@ -116,6 +116,7 @@ class FirstOrderModel:
         line = f"{self.config.name} on {where}: backend {self.backend.name}, {self.backend.precision}"
         if device.type == "cpu" and self.backend.accelerator is None:
             line += f" -- no GPU in use: {cpu_speed(self.backend.name, self.backend.precision)}"
+            line += self.backend.faster_precision_hint()
         return line
 
     def to(self, device: str | torch.device) -> "FirstOrderModel":

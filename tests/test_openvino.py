@@ -138,6 +138,17 @@ def test_a_build_prints_no_library_deprecation_warning(home):
     assert not [str(warning.message) for warning in caught if issubclass(warning.category, FutureWarning)]
 
 
+def test_the_start_up_line_of_openvino_float32_names_the_faster_precisions_only_where_bfloat16_is_native(
+        in_shared_home, monkeypatch):
+    hint = (f"; faster on this CPU: --precision bfloat16 ({fps_range('openvino', 'bfloat16')} frames per second there) "
+            f"or --precision int8 ({fps_range('openvino', 'int8')}; quantized, quality-gated on faces)")
+    if BF16_NATIVE:
+        assert load_model(CONFIG, CHECKPOINT, backend="openvino").describe().endswith(hint)
+        assert hint not in load_model(CONFIG, CHECKPOINT, backend="openvino", precision="bfloat16").describe()
+    monkeypatch.setattr(backend_module, "openvino_core", lambda: CoreWithout(openvino_core(), "BF16"))
+    assert "faster on this CPU" not in load_model(CONFIG, CHECKPOINT, backend="openvino").describe()
+
+
 def test_compiled_models_are_reused_and_rebuilt_when_corrupt(home, small_inputs, monkeypatch):
     first = frames_of(load_model(CONFIG, CHECKPOINT, backend="openvino"), small_inputs)
     blobs = sorted((home / "compiled").glob("openvino-*.blob"))

@@ -80,6 +80,10 @@ class Backend(ABC):
         """Why ``auto`` stopped at this backend and precision (logged at start-up)."""
         return "the fastest backend that can run here (see benchmarks/RESULTS.md)"
 
+    def faster_precision_hint(self) -> str:
+        """A faster precision this backend offers here, for the start-up line ("" when there is none)."""
+        return ""
+
     @abstractmethod
     def detect_keypoints(self, frames: torch.Tensor) -> Keypoints:
         """Bx3xHxW float32 in [0, 1] -> float32 Keypoints (BxKx2, BxKx2x2)."""
