@@ -23,7 +23,7 @@ import torch
 from engine import EngineError
 from engine.backends import BACKENDS, backend_class
 from engine.backends.artifacts import digest_path
-from engine.backends.eviction import LIMIT_ENV, cache_limit_bytes
+from engine.backends.eviction import LIMIT_ENV, cache_limit_bytes, size_text
 from engine.backends.openvino_int8 import stored_reports
 from engine.speed import END_TO_END_FPS, MEASURED_ON, fps_range
 from engine.weights import DEFAULT_CHECKPOINT_NAME, cache_root, checkpoint_search_paths, file_md5
@@ -195,7 +195,7 @@ def check_cache() -> Iterator[Finding]:
     except EngineError as error:
         yield Finding("FAIL", "cache limit", str(error), f"unset {LIMIT_ENV} (4 GiB) or set it to a number, e.g. 10")
     else:
-        yield Finding("OK", "cache limit", f"compiled models are kept under {limit / 2**30:g} GiB, the least recently "
+        yield Finding("OK", "cache limit", f"compiled models are kept under {size_text(limit)}, the least recently "
                       f"used removed first ({LIMIT_ENV})")
     for report in stored_reports(root / "compiled"):
         yield Finding("WARN" if report.refused else "OK", "int8 quality", report.line,

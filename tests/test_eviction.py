@@ -9,7 +9,7 @@ import time
 import pytest
 
 from engine.backends import artifacts
-from engine.backends.eviction import LIMIT_ENV, cache_limit_bytes, entries, evict
+from engine.backends.eviction import LIMIT_ENV, cache_limit_bytes, entries, evict, size_text
 from engine.errors import EngineError
 
 HASHES = ["0" * 24, "1" * 24, "2" * 24, "3" * 24]
@@ -112,6 +112,7 @@ def test_a_start_over_the_limit_removes_old_entries_but_none_of_the_graphs_it_us
     os.utime(render, (time.time() - 3600,) * 2)
     for path in folder.glob("onnx-keypoints-*"):
         path.unlink()
+    size = sum(path.stat().st_size for path in stale)
     monkeypatch.setattr(artifacts, "_USED_HERE", set())  # a new start
     monkeypatch.setenv(LIMIT_ENV, str(1 / 2**30))  # one byte: everything else must go
     with caplog.at_level(logging.INFO, logger="engine.backends"):
@@ -119,8 +120,8 @@ def test_a_start_over_the_limit_removes_old_entries_but_none_of_the_graphs_it_us
     assert "exporting the keypoints graph" in caplog.text
     assert "exporting the render graph" not in caplog.text  # not removed after the keypoints' build, then rebuilt
     assert all(path.exists() for path in graphs) and not any(path.exists() for path in stale)
-    assert (f"the compiled-model cache is over its limit of 0.0 GiB ({LIMIT_ENV}): removed 1 entry used least "
-            f"recently (0.0 MB): onnx-render-{HASHES[3]}") in caplog.text
+    assert (f"the compiled-model cache is over its limit of 1 byte ({LIMIT_ENV}): removed 1 entry used least "
+            f"recently ({size_text(size)}): onnx-render-{HASHES[3]}") in caplog.text
 
 
 def test_a_limit_that_is_not_a_number_stops_the_start_before_anything_is_built(tmp_path, monkeypatch):
@@ -159,3 +160,9 @@ def test_temporaries_a_killed_build_left_are_removed_after_a_day_and_nothing_els
     assert [path.exists() for path in leftovers] == [False, False]
     assert all(path.exists() for path in kept)
     assert "removed 2 temporary files of builds stopped over a day ago (killed or crashed)" in caplog.text
+
+
+@pytest.mark.parametrize("size, text", [(4 * 2**30, "4 GiB"), (int(0.0001 * 2**30), "105 KiB"), (3 * 2**19, "1.5 MiB"),
+                                        (1, "1 byte"), (0, "0 bytes")])
+def test_sizes_are_said_in_the_unit_that_fits(size, text):
+    assert size_text(size) == text  # a limit of 0.0001 GiB was once said as "9.99998e-05 GiB", a freed 2 kB as "0.0 MB"

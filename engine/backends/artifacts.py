@@ -38,7 +38,7 @@ from ..errors import one_line
 from ..weights import cache_root, file_sha256
 from ..weights_cache import write_atomically
 from .base import BackendUnavailable, weights_fingerprint
-from .eviction import ENTRY_NAME, LIMIT_ENV, evict, remove_stale_temporaries, touch
+from .eviction import ENTRY_NAME, LIMIT_ENV, evict, remove_stale_temporaries, size_text, touch
 
 if TYPE_CHECKING:
     from ..model import FirstOrderModel
@@ -206,6 +206,6 @@ def keep_under_limit(limit: int) -> None:
                  "file" if len(stale) == 1 else "files", ", ".join(path.name for path in stale))
     removed = evict(folder, limit, keep=_USED_HERE)
     if removed:
-        log.info("the compiled-model cache is over its limit of %.1f GiB (%s): removed %d %s used least recently "
-                 "(%.1f MB): %s", limit / 2**30, LIMIT_ENV, len(removed), "entry" if len(removed) == 1 else "entries",
-                 sum(entry.size for entry in removed) / 1e6, ", ".join(entry.name for entry in removed))
+        log.info("the compiled-model cache is over its limit of %s (%s): removed %d %s used least recently (%s): %s",
+                 size_text(limit), LIMIT_ENV, len(removed), "entry" if len(removed) == 1 else "entries",
+                 size_text(sum(entry.size for entry in removed)), ", ".join(entry.name for entry in removed))

@@ -72,6 +72,14 @@ def cache_limit_bytes() -> int:
     return int(gigabytes * 2**30)
 
 
+def size_text(size: int) -> str:
+    """``size`` bytes for a person: "4 GiB", "0.5 MiB", "1 byte" (three significant digits)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} byte" if size == 1 else f"{size} bytes"
+
+
 def touch(path: Path) -> None:
     """Mark ``path`` as used now (nothing happens where the cache is read-only)."""
     try:
