@@ -4,8 +4,9 @@
     python run_live.py --benchmark --random-weights --frames 20
     python benchmarks/fps.py --compare a.json b.json
 
-For every usable backend and precision (eager, compile, onnxruntime, tensorrt),
-and for the uncached original-style pipeline as the baseline, in the same run:
+For every usable backend and precision (eager, compile, onnxruntime, openvino,
+openvino-gpu, tensorrt), and for the uncached original-style pipeline as the
+baseline, in the same run:
 
 - model-only: keypoints + render of one 256x256 frame (batch 1), on the device;
 - end to end: a JPEG-compressed 1280x720 camera frame in (webcams deliver
@@ -15,6 +16,13 @@ and for the uncached original-style pipeline as the baseline, in the same run:
   timings), then the sink's colour conversion (RGB to I420, as a virtual
   camera takes it).  The uncached baseline runs the original demo's steps
   instead (framing, model, paste-back).
+
+Peak memory is each variant's own, from the start of its timing (its loaded
+model included): CUDA's allocator peak on a GPU; on the CPU the process's peak
+resident memory (the interpreter and the libraries earlier variants loaded
+included), which Linux can restart per variant (elsewhere it is not measured: the
+process's lifetime peak would show the largest variant's figure on every later
+row).
 
 Warm-up frames are excluded; GPU stages are timed with CUDA events.  With
 ``--random-weights`` no checkpoint is needed and the cost is identical.  The
@@ -27,13 +35,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import importlib.metadata
 import importlib.util
 import io
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import subprocess
@@ -138,11 +146,36 @@ def avatar_image() -> np.ndarray:
     return np.full((600, 600, 3), 128, np.uint8)
 
 
-def peak_memory_mib(device: torch.device) -> float:
+PEAK_RSS_RESET = Path("/proc/self/clear_refs")  # Linux: writing "5" restarts the process's peak RSS (VmHWM)
+PROCESS_STATUS = Path("/proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Restart the peak-memory count for the next variant: CUDA's allocator peak, or on the CPU the process's peak
+    resident set (earlier variants' garbage collected first).  False where that peak cannot be restarted (not
+    Linux): the lifetime peak would then be the largest variant's so far, not this one's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    gc.collect()
+    try:
+        PEAK_RSS_RESET.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """MiB at most in use since :func:`reset_peak_memory`: CUDA's allocator, or the process's resident set (VmHWM);
+    None if the process's peak cannot be read."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    try:
+        lines = PROCESS_STATUS.read_text().splitlines()
+    except OSError:
+        return None
+    kib = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    return kib[0] / 1024 if kib else None
 
 
 @dataclass(frozen=True)
@@ -204,8 +237,7 @@ def measure(name: str, precision: str, pipeline: str, model, device: torch.devic
     """Time one variant on ``frames`` (JPEG camera frames, ``framed`` their crops): model-only (unless ``model_ms``
     holds it, timed alternating), then end to end.  ``pipeline`` is "cached" (ours) or the baseline."""
     framed.check_fits(model)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    measures_memory = reset_peak_memory(device)
     if model_ms is None:
         (model_ms,) = time_model_only([model_only_step(pipeline, model, framed)], device, len(frames), warmup,
                                       f"{name} {precision} {pipeline}")
@@ -235,7 +267,7 @@ def measure(name: str, precision: str, pipeline: str, model, device: torch.devic
         "model_only": {"fps": fps_of(model_summary), "ms": model_summary},
         "end_to_end": {"fps": fps_of(total_summary), "ms": total_summary,
                        "stages": {stage: summarize(values) for stage, values in stage_ms.items()}},
-        "peak_memory_mib": peak_memory_mib(device),
+        "peak_memory_mib": peak_memory_mib(device) if measures_memory else None,
         "speedup": None,
     }
 
@@ -342,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default: 5)")
     parser.add_argument("--alternate", action="store_true",
                         help="load every variant at once and time model-only frame by frame in turn: ratios that "
-                             "hold on a busy machine (peak memory is then the whole process's)")
+                             "hold on a busy machine (each variant's peak memory then includes every loaded model)")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
     parser.add_argument("--chart", type=Path, help="write the stage-latency chart (PNG) here")
@@ -366,7 +398,7 @@ def variants(names: list[str], device: torch.device):
 def measure_alternating(args, names: list[str], checkpoint, device: torch.device, frames: list[bytes],
                         framed: FramedInputs, baseline_model) -> list[dict]:
     """Every variant loaded at once, model-only timed frame by frame in turn (see :func:`time_model_only`), then
-    each end to end.  Peak memory is then the whole process's."""
+    each end to end.  Each variant's peak memory then includes every loaded model."""
     loaded = [("eager", "float32", BASELINE, baseline_model)]
     for name, precision in variants(names, device):
         try:
@@ -420,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(measure(name, precision, "cached", model, device, frames, framed, args.warmup))
             except Exception as error:  # one variant failing (a build, a kernel) leaves the others' figures
                 print(f"skipping backend {name} {precision}: {type(error).__name__}: {error}", file=sys.stderr)
-            model = None  # free it before the next one loads: peak memory is per variant
+            model = None  # free it before the next one loads: peak memory is per variant (see reset_peak_memory)
     report = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

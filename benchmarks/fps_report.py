@@ -1,9 +1,9 @@
 """The FPS benchmark's report: summaries, speed-up ratios, Markdown tables, the chart, and comparing two runs.
 
-JSON schema ``fomm-live-fps/1`` (what ``benchmarks/fps.py --json`` writes):
+JSON schema ``fomm-live-fps/2`` (what ``benchmarks/fps.py --json`` writes):
 
     {
-      "schema": "fomm-live-fps/1",
+      "schema": "fomm-live-fps/2",
       "created": "2026-11-30T01:00:00+00:00",          # UTC, ISO 8601
       "command": "python benchmarks/fps.py ...",        # exactly what was run
       "machine": {"device": "cuda:0" | "cpu", "device_name": str, "compute_capability": "9.0" | null,
@@ -23,12 +23,19 @@ JSON schema ``fomm-live-fps/1`` (what ``benchmarks/fps.py --json`` writes):
                        "stages": {"decode" | "framing" | "keypoints" | "render" | "compose" | "sink": Summary}},
                                                         # ours: FrameProcessor's own timings (compose = paste-back);
                                                         # the baseline: decode, framing, model, paste_back, sink
-        "peak_memory_mib": float,                       # device memory (CUDA), else the process's peak RSS
+        "peak_memory_mib": float | null,                # this variant's peak from the start of its timing, its
+                                                        # loaded model included (with "alternate", every one):
+                                                        # CUDA's allocator on a GPU, else the whole process's
+                                                        # resident set (libraries earlier variants loaded included;
+                                                        # Linux; null where it cannot be restarted per variant)
         "speedup": {"model_only": float, "end_to_end": float} | null   # against the baseline, same run
       }]
     }
 
     Summary = {"p50": ms, "p95": ms, "p99": ms, "mean": ms}
+
+Version 1 reported the process's lifetime peak resident set on the CPU (the largest variant so far, on every
+later row); its reports still load for ``--compare``, which reads only FPS.
 
 Times exclude warm-up frames.  FPS = 1000 / mean milliseconds per frame (stages run
 one after the other here; the live tool overlaps capture, inference and output in
@@ -44,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA = "fomm-live-fps/1"
+SCHEMA = "fomm-live-fps/2"
+COMPARABLE_SCHEMAS = (SCHEMA, "fomm-live-fps/1")  # what --compare reads: their FPS fields mean the same
 BASELINE = "uncached-original"
 STAGE_ORDER = ("decode", "framing", "keypoints", "render", "model", "compose", "paste_back", "sink")
 
@@ -104,30 +112,33 @@ def model_time_ratios(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The results as a Markdown table, with the machine in a heading line; with an ONNX Runtime float32 result,
-    a last column gives each variant's model-only time as a ratio to it."""
+    a last column gives each variant's model-only time as a ratio to it.  Speed-up is each variant's FPS over the
+    uncached original's, model-only and end to end: two figures, not a ratio of them."""
     machine, software = report["machine"], report["software"]
     device = machine["device_name"] + (f" (sm {machine['compute_capability']})" if machine["compute_capability"] else "")
     stages = [s for s in STAGE_ORDER if any(s in r["end_to_end"]["stages"] for r in report["results"])]
     ratios = model_time_ratios(report["results"])
+    memory = "peak device memory MiB" if machine["device"].startswith("cuda") else "peak process RSS MiB"
     lines = [
         f"**{device}**, torch {software['torch']}, {report['config']}, weights {report['weights']}, "
         f"{report['frames']} frames after {report['warmup']} warm-up"
         + (", model-only timed alternating" if report.get("alternate") else ""),
         "",
-        "| variant | model-only FPS | end-to-end FPS | speed-up (model / e2e) | "
-        + " | ".join(f"{s} p50/p95/p99 ms" for s in stages) + " | peak memory MiB |"
+        "| variant | model-only FPS | end-to-end FPS | speed-up over the uncached original: model-only, end-to-end | "
+        + " | ".join(f"{s} p50/p95/p99 ms" for s in stages) + f" | {memory} |"
         + (" model time / onnxruntime float32 |" if ratios else ""),
         "|---|---:|---:|---:|" + "---:|" * len(stages) + "---:|" + ("---:|" if ratios else ""),
     ]
     for result in report["results"]:
         speedup = result["speedup"]
-        ratio = f"{speedup['model_only']:.2f}x / {speedup['end_to_end']:.2f}x" if speedup else "baseline"
+        ratio = f"{speedup['model_only']:.2f}x, {speedup['end_to_end']:.2f}x" if speedup else "baseline"
+        peak = "-" if result["peak_memory_mib"] is None else f"{result['peak_memory_mib']:.0f}"
         cells = []
         for stage in stages:
             summary = result["end_to_end"]["stages"].get(stage)
             cells.append(f"{summary['p50']:.1f} / {summary['p95']:.1f} / {summary['p99']:.1f}" if summary else "-")
         lines.append(f"| {_variant(result)} | {result['model_only']['fps']:.2f} | {result['end_to_end']['fps']:.2f} | "
-                     f"{ratio} | " + " | ".join(cells) + f" | {result['peak_memory_mib']:.0f} |"
+                     f"{ratio} | " + " | ".join(cells) + f" | {peak} |"
                      + (f" {ratios[_variant(result)]:.2f} |" if ratios else ""))
     return "\n".join(lines)
 
@@ -160,8 +171,9 @@ def save_chart(report: dict[str, Any], path: Path) -> None:
 
 def load_report(path: Path) -> dict[str, Any]:
     report = json.loads(Path(path).read_text())
-    if report.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: expected a {SCHEMA} report, found schema {report.get('schema')!r}")
+    if report.get("schema") not in COMPARABLE_SCHEMAS:
+        raise ValueError(f"{path}: expected a {' or '.join(COMPARABLE_SCHEMAS)} report, found schema "
+                         f"{report.get('schema')!r}")
     return report
 
 

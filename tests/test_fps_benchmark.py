@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks import fps
 from benchmarks.fps import main as run_benchmark
 from benchmarks.fps_report import (
     BASELINE,
@@ -69,8 +70,20 @@ def test_markdown_table_has_a_row_per_variant():
     assert lines[0].startswith("**Test GPU (sm 9.0)**")
     assert "| variant | model-only FPS | end-to-end FPS |" in table
     assert "| eager float32 (uncached original) | 10.00 | 8.00 | baseline |" in table
-    assert "| eager float32 | 25.00 | 20.00 | 2.50x / 2.50x |" in table
+    assert "| eager float32 | 25.00 | 20.00 | 2.50x, 2.50x |" in table
+    assert "| speed-up over the uncached original: model-only, end-to-end |" in lines[2]
+    assert lines[2].endswith("| peak device memory MiB |") and lines[-1].endswith("| 100 |")
     assert len([line for line in lines if line.startswith("| eager")]) == 2
+
+
+def test_a_peak_memory_that_could_not_be_measured_is_a_dash_not_a_number():
+    results = attach_speedups([result(BASELINE, 100.0, 125.0), result("cached", 40.0, 50.0)])
+    results[1]["peak_memory_mib"] = None
+    cpu = report(results)
+    cpu["machine"].update(device="cpu", compute_capability=None)
+    lines = markdown_table(cpu).splitlines()
+    assert lines[2].endswith("| peak process RSS MiB |")
+    assert lines[-2].endswith("| 100 |") and lines[-1].endswith("| - |")
 
 
 def test_model_time_ratios_are_against_onnxruntime_float32_of_the_same_run():
@@ -91,8 +104,44 @@ def test_compare_shows_two_machines_side_by_side(tmp_path):
     assert table.startswith("A: GPU A") and "B: GPU B" in table
     assert "| eager float32 | 25.00 | 50.00 | 2.00x |" in table
     (tmp_path / "bad.json").write_text(json.dumps({"schema": "other"}))
-    with pytest.raises(ValueError, match="expected a fomm-live-fps/1 report"):
+    with pytest.raises(ValueError, match="expected a fomm-live-fps/2 or fomm-live-fps/1 report, found schema 'other'"):
         load_report(tmp_path / "bad.json")
+    (tmp_path / "v1.json").write_text(json.dumps({**first, "schema": "fomm-live-fps/1"}))
+    assert "| eager float32 | 25.00 | 25.00 | 1.00x |" in compare_table(load_report(tmp_path / "v1.json"), first)
+
+
+@pytest.mark.skipif(not fps.PEAK_RSS_RESET.exists(), reason="the process's peak RSS restarts only on Linux")
+def test_each_variants_peak_memory_on_the_cpu_is_its_own(tmp_path, monkeypatch):
+    """A variant that holds 400 MiB more than the next one does not hand its peak on to it (the process's lifetime
+    peak, ru_maxrss, showed the largest variant's figure on every later row)."""
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    load_model = fps.load_model
+
+    def eager_holds_400_mib_more(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        if kwargs.get("backend") == "eager":
+            model.ballast = np.ones(400 * 2**20 // 8)  # float64, every page written: resident while eager is timed
+        return model
+
+    monkeypatch.setattr(fps, "load_model", eager_holds_400_mib_more)
+    assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--backends", "eager,onnxruntime", "--frames", "2", "--warmup", "1",
+                          "--json", str(tmp_path / "cpu.json")]) == 0
+    _, eager, onnx = load_report(tmp_path / "cpu.json")["results"]
+    assert (eager["backend"], onnx["backend"]) == ("eager", "onnxruntime")
+    assert onnx["peak_memory_mib"] > 0
+    assert eager["peak_memory_mib"] - onnx["peak_memory_mib"] > 200, (eager["peak_memory_mib"], onnx["peak_memory_mib"])
+
+
+def test_where_the_peak_cannot_be_restarted_per_variant_no_memory_is_reported(monkeypatch, tmp_path):
+    """macOS, Windows: no per-variant peak RSS, so no figure rather than the process's lifetime peak."""
+    monkeypatch.setenv("FOMM_LIVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fps, "PEAK_RSS_RESET", tmp_path / "no-proc" / "clear_refs")
+    assert run_benchmark(["--config", str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--device", "cpu",
+                          "--backends", "eager", "--frames", "2", "--warmup", "1", "--markdown",
+                          str(tmp_path / "cpu.md")]) == 0
+    rows = (tmp_path / "cpu.md").read_text().splitlines()[4:]
+    assert len(rows) == 2 and all(row.endswith("| - |") for row in rows), rows
 
 
 def test_tiny_run_on_the_cpu_writes_every_output(tmp_path, capsys, monkeypatch):
