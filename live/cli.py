@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                         help="inference backend (default: %(default)s, the fastest that works here)")
     parser.add_argument("--precision", choices=sorted(PRECISIONS),
-                        help="float32, or float16 / bfloat16 on a GPU (default: the backend's own)")
+                        help="float32; float16 / bfloat16 with eager or compile on a GPU; float16 with tensorrt (its "
+                        "only one) or openvino-gpu; bfloat16 (where the CPU runs it natively) or int8 with openvino "
+                        "(default: the backend's own)")
     live = parser.add_argument_group("live")
     live.add_argument("--source", help="avatar: an image, or a folder of images (keys 1-9, A/D switch)")
     live.add_argument("--camera", default="0", help="webcam index, or a video file to use as the camera (default: 0)")
