@@ -23,6 +23,7 @@ from torch import nn
 
 from .dense_motion import MotionSource
 from .generator import SourceState
+from .held_signals import held_stop_signals
 from .model import FirstOrderModel
 from .motion import Keypoints
 
@@ -74,7 +75,7 @@ def flatten_source(source: SourceState) -> tuple[torch.Tensor, ...]:
 def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
     """The keypoint detector as ONNX: input "frame" (1x3xHxW float32), outputs "value", "jacobian"."""
     frame = example_frame(model)
-    with _quiet_tracer(), modes_kept(model.kp_detector):
+    with held_stop_signals(), _quiet_tracer(), modes_kept(model.kp_detector):
         torch.onnx.export(model.kp_detector, (frame,), str(path), opset_version=ONNX_OPSET, dynamo=False,
                           input_names=["frame"], output_names=list(KEYPOINT_INPUTS))
 
@@ -83,7 +84,7 @@ def export_keypoints_onnx(model: FirstOrderModel, path: Path) -> None:
 def export_render_onnx(model: FirstOrderModel, path: Path) -> None:
     """The render step as ONNX: inputs SOURCE_INPUTS then KEYPOINT_INPUTS (see :class:`FlatRender`), output "frame"."""
     _, source, keypoints = example_inputs(model)
-    with _quiet_tracer(), modes_kept(model.render_step):
+    with held_stop_signals(), _quiet_tracer(), modes_kept(model.render_step):
         torch.onnx.export(FlatRender(model.render_step), (*flatten_source(source), *keypoints), str(path),
                           opset_version=ONNX_OPSET, dynamo=False, input_names=[*SOURCE_INPUTS, *KEYPOINT_INPUTS],
                           output_names=["frame"])

