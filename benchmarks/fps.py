@@ -81,6 +81,7 @@ from engine.weights import find_checkpoint  # noqa: E402
 from live.avatars import AvatarLibrary  # noqa: E402
 from live.framing import DrivingFramer, FaceDetector, FramedImage, frame_avatar  # noqa: E402
 from live.hotkeys import LiveState  # noqa: E402
+from live.logs import setup_logging  # noqa: E402
 from live.pasteback import PasteBack  # noqa: E402
 from live.processor import FrameProcessor  # noqa: E402
 from live.status import StatusBoard  # noqa: E402
@@ -477,5 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main` as a command (this script, ``run_live.py --benchmark``): the tool's progress lines on the terminal,
+    the native libraries' own (about 120 from mediapipe's LiteRT per run) in the tool's log file, as in a live run."""
+    setup_logging(verbose=False)
+    return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

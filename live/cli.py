@@ -106,7 +106,7 @@ def _cuda_available() -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--benchmark" in argv:
-        from benchmarks.fps import main as benchmark  # the repository's benchmarks/, beside run_live.py
+        from benchmarks.fps import run as benchmark  # the repository's benchmarks/, beside run_live.py
 
         return benchmark([a for a in argv if a != "--benchmark"])
     args = build_parser().parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -285,3 +286,17 @@ def test_openvino_variants_are_listed_beside_the_others(tmp_path, capsys, monkey
         ("openvino", "int8")]
     if not any(name.startswith("GPU") for name in openvino_core().available_devices):
         assert "skipping backend openvino-gpu: OpenVINO finds no Intel GPU here" in capsys.readouterr().err
+
+
+def test_the_benchmark_command_keeps_native_library_lines_off_the_terminal(tmp_path):
+    """mediapipe's LiteRT wrote about 120 lines per run to the terminal ("Sparsity tensors may not yet be fully
+    supported" alone 92 times); they go to the tool's log file, as in a live run, and the table to stdout."""
+    home = tmp_path / "home"
+    run = subprocess.run([sys.executable, str(REPO / "run_live.py"), "--benchmark", "--config",
+                          str(SMALL_PARITY_DIR / "config.yaml"), "--random-weights", "--backends", "eager", "--frames", "2",
+                          "--warmup", "1"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "FOMM_LIVE_HOME": str(home)})
+    assert run.returncode == 0, run.stderr
+    assert "| eager float32 |" in run.stdout
+    assert "LiteRT" not in run.stderr and "XNNPACK" not in run.stderr and "Sparsity" not in run.stderr
+    assert "XNNPACK" in (home / "logs" / "fomm-live.log").read_text()
