@@ -188,10 +188,12 @@ def _verified_or_built(path: Path, build: Callable[[Path], None], action: str) -
     reason = unverified_reason(path)
     if reason is None:
         return path, False
-    if reason != "absent":
+    if reason == "absent":
+        log.info("%s (first start only: cached in %s)", action, path.parent)
+    else:
         log.warning("cached artifact %s cannot be trusted (%s); rebuilding it", path, reason)
         discard(path)
-    log.info("%s (first start only: cached in %s)", action, path.parent)
+        log.info("%s (to replace the cached copy)", action)
     return build_atomically(path, build), True
 
 
