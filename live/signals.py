@@ -15,7 +15,7 @@ import signal
 import threading
 from typing import Callable, Iterator
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+from engine.held_signals import STOP_SIGNALS
 
 
 class StopRequested(BaseException):
