@@ -6,10 +6,14 @@ so that callers (the live loop) can catch the engine's failures in one place.
 """
 
 
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """``"<type>: <message>"`` on one line (a library's multi-line report squeezed), at most ``limit`` characters."""
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """``"<type>: <message>"`` on one line (a library's multi-line report squeezed), at most ``limit`` characters:
+    its head and its tail, where OpenVINO and TensorRT put the cause after stacked "Exception from ..." lines."""
     text = f"{type(error).__name__}: {' '.join(str(error).split())}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 class EngineError(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import queue
 import sys
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from .stages.remote_render import RemoteRender
 from .status import StatusBoard
 from .video_file import VideoFile
 
+log = logging.getLogger(__name__)
 USER_ERRORS = (EngineError, AvatarError, CameraError, SinkError, PreflightError, RemoteError, TokenError)
 
 
@@ -65,6 +67,8 @@ def run_live(args: argparse.Namespace, log_file: Path | None = None) -> int:
             return 128 + stop.signal_number
         except USER_ERRORS as error:
             print(f"error: {error}", file=sys.stderr)
+            # The whole story for the log file: a library's report, squeezed to one line in the message, is the cause.
+            log.debug("start-up failed", exc_info=error)
             return 1
         cleanup.pop_all()  # from here on the pipeline closes what was opened
     listener = start_global_hotkeys(pipeline.commands, status) if args.global_hotkeys else None

@@ -220,3 +220,13 @@ def test_a_changed_onnx_file_is_rebuilt_and_never_loaded(home, small_inputs, mon
     assert hashlib.sha256(files["render"].read_bytes()).hexdigest() == good["render"]
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith(f"cached artifact {files['render']} cannot be trusted")
+
+
+def test_a_long_library_report_keeps_its_head_and_its_cause_at_the_end():
+    from engine.errors import one_line
+
+    report = RuntimeError("Exception from src/core/a.cpp:1:\n" * 40 + "Failed operations: aten.weird_op.default")
+    line = one_line(report)
+    assert "\n" not in line and len(line) <= 400
+    assert line.startswith("RuntimeError: Exception from src/core/a.cpp:1:")
+    assert line.endswith("Failed operations: aten.weird_op.default")  # the cause, which OpenVINO puts last

@@ -163,6 +163,7 @@ def test_temporaries_a_killed_build_left_are_removed_after_a_day_and_nothing_els
 
 
 @pytest.mark.parametrize("size, text", [(4 * 2**30, "4 GiB"), (int(0.0001 * 2**30), "105 KiB"), (3 * 2**19, "1.5 MiB"),
-                                        (1, "1 byte"), (0, "0 bytes")])
+                                        (1000 * 2**30, "1000 GiB"), (int(1023.9 * 2**20), "1024 MiB"),
+                                        (int(99.94 * 2**10), "99.9 KiB"), (1, "1 byte"), (0, "0 bytes")])
 def test_sizes_are_said_in_the_unit_that_fits(size, text):
     assert size_text(size) == text  # a limit of 0.0001 GiB was once said as "9.99998e-05 GiB", a freed 2 kB as "0.0 MB"

@@ -298,3 +298,18 @@ def test_a_render_whose_sound_cannot_be_copied_says_so(tmp_path, media):
                       str(tmp_path / "out.mp4"), "--no-preview", "--max-frames", "4", PATH=str(bin_without_ffmpeg))
     assert result.returncode == 0, result.stderr
     assert "was not copied" in result.stderr and "ffmpeg is not installed" in result.stderr
+
+
+def test_a_failed_start_prints_one_line_and_logs_the_whole_story(tmp_path, media):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e \".[openvino]\")")
+    from engine.backends.openvino import intel_gpu_name
+
+    if intel_gpu_name() is not None:
+        pytest.skip("OpenVINO finds an Intel GPU here: --backend openvino-gpu would start")
+    result = run_tool(tmp_path, "--source", str(media["avatar"]), "--camera", str(media["driving"]), "--output",
+                      str(tmp_path / "out.mp4"), "--no-preview", "--backend", "openvino-gpu")
+    assert result.returncode == 1, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "OpenVINO finds no Intel GPU here" in error and "Traceback" not in result.stderr
+    log = (tmp_path / "home" / "logs" / "fomm-live.log").read_text()
+    assert "start-up failed" in log and "Traceback" in log and "BackendUnavailable" in log

@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from ..errors import one_line
 from ..generator import SourceState
 from ..motion import Keypoints
 from .base import Backend, BackendUnavailable, cast_source
@@ -47,7 +48,7 @@ class CompileBackend(Backend):
                 if model.renders:
                     self.render(model.generator.encode_source(frame, model.kp_detector(frame)), keypoints)
         except Exception as error:  # Inductor needs a C++ compiler on the CPU and Triton on CUDA
-            raise BackendUnavailable(f"torch.compile failed: {type(error).__name__}: {str(error)[:300]}") from error
+            raise BackendUnavailable(f"torch.compile failed: {one_line(error)}") from error
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:

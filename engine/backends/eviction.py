@@ -73,10 +73,12 @@ def cache_limit_bytes() -> int:
 
 
 def size_text(size: int) -> str:
-    """``size`` bytes for a person: "4 GiB", "0.5 MiB", "1 byte" (three significant digits)."""
+    """``size`` bytes for a person: "4 GiB", "0.5 MiB", "1000 GiB", "1 byte" (three significant digits, or whole
+    units from 100 up)."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
-            return f"{size / scale:.3g} {unit}"
+            value = size / scale
+            return f"{value:.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
     return f"{size} byte" if size == 1 else f"{size} bytes"
 
 

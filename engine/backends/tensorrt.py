@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 from ..export import FlatKeypoints, FlatRender, example_frame, example_inputs, flatten_source
+from ..errors import one_line
 from ..generator import SourceState
 from ..held_signals import held_stop_signals
 from ..motion import Keypoints
@@ -160,18 +161,17 @@ class TensorRTBackend(Backend):
         failure = path.with_suffix(".failed")
         if failure.exists():
             raise BackendUnavailable(f"the TensorRT {part} build failed before with these versions "
-                                     f"({failure.read_text().strip()}); delete {failure} to try again")
+                                     f"({' '.join(failure.read_text().split())[:400]}); delete {failure} to try again")
         try:
             return load_artifact(path, lambda temporary: self._build(graph, temporary),
                                  f"building the TensorRT {part} engine (minutes)", self._load)
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
             if is_resource_error(error):
-                raise BackendUnavailable(f"TensorRT build of the {part} graph ran out of resources ({reason}); "
+                raise BackendUnavailable(f"TensorRT build of the {part} graph ran out of resources ({one_line(error)}); "
                                          "falling back for this run only") from error
             failure.parent.mkdir(parents=True, exist_ok=True)
-            failure.write_text(reason[:2000] + "\n")
-            raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {reason}") from error
+            failure.write_text(f"{type(error).__name__}: {error}"[:2000] + "\n")
+            raise BackendUnavailable(f"TensorRT build of the {part} graph failed: {one_line(error)}") from error
 
     def _build(self, graph: Callable[[], Graph], path: Path) -> None:
         """Compile ``graph()`` in strongly typed networks (each layer in the dtype the graph gives it); save it to path."""
