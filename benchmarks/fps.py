@@ -399,7 +399,7 @@ def variants(names: list[str], device: torch.device):
 def measure_alternating(args, names: list[str], checkpoint, device: torch.device, frames: list[bytes],
                         framed: FramedInputs, baseline_model) -> list[dict]:
     """Every variant loaded at once, model-only timed frame by frame in turn (see :func:`time_model_only`), then
-    each end to end.  Each variant's peak memory then includes every loaded model."""
+    each end to end.  Each variant's peak memory is then that of its end-to-end phase, every loaded model included."""
     loaded = [("eager", "float32", BASELINE, baseline_model)]
     for name, precision in variants(names, device):
         try:
@@ -481,7 +481,10 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None = None) -> int:
     """:func:`main` as a command (this script, ``run_live.py --benchmark``): the tool's progress lines on the terminal,
     the native libraries' own (about 120 from mediapipe's LiteRT per run) in the tool's log file, as in a live run."""
-    setup_logging(verbose=False)
+    if "--compare" not in (argv if argv is not None else sys.argv[1:]):  # reads two reports: nothing to divert or log
+        _, why_no_log_file = setup_logging(verbose=False)
+        if why_no_log_file:
+            print(f"warning: {why_no_log_file}: native libraries' own lines are dropped", file=sys.stderr)
     return main(argv)
 
 

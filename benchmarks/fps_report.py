@@ -23,8 +23,9 @@ JSON schema ``fomm-live-fps/2`` (what ``benchmarks/fps.py --json`` writes):
                        "stages": {"decode" | "framing" | "keypoints" | "render" | "compose" | "sink": Summary}},
                                                         # ours: FrameProcessor's own timings (compose = paste-back);
                                                         # the baseline: decode, framing, model, paste_back, sink
-        "peak_memory_mib": float | null,                # this variant's peak from the start of its timing, its
-                                                        # loaded model included (with "alternate", every one):
+        "peak_memory_mib": float | null,                # this variant's peak from the start of its own timing
+                                                        # (with "alternate": of its end-to-end phase, every
+                                                        # variant's model loaded), its loaded model included:
                                                         # CUDA's allocator on a GPU, else the whole process's
                                                         # resident set (libraries earlier variants loaded included;
                                                         # Linux; null where it cannot be restarted per variant)
