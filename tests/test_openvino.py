@@ -145,6 +145,18 @@ def test_the_start_up_line_of_openvino_float32_names_the_faster_precisions_only_
     if BF16_NATIVE:
         assert load_model(CONFIG, CHECKPOINT, backend="openvino").describe().endswith(hint)
         assert hint not in load_model(CONFIG, CHECKPOINT, backend="openvino", precision="bfloat16").describe()
+        # auto falling back to float32 after bfloat16 failed to build must not recommend bfloat16 (auto says why).
+        compiled = OpenVinoBackend.compiled
+
+        def failing_bfloat16(backend, part, precision, convert):
+            if precision == "bfloat16":
+                raise BackendUnavailable("OpenVINO could not compile the keypoints graph: simulated")
+            return compiled(backend, part, precision, convert)
+
+        monkeypatch.setattr(OpenVinoBackend, "compiled", failing_bfloat16)
+        fallen_back = load_model(CONFIG, CHECKPOINT, backend="auto")
+        assert fallen_back.backend.precision == "float32" and "faster on this CPU" not in fallen_back.describe()
+        monkeypatch.setattr(OpenVinoBackend, "compiled", compiled)
     monkeypatch.setattr(backend_module, "openvino_core", lambda: CoreWithout(openvino_core(), "BF16"))
     assert "faster on this CPU" not in load_model(CONFIG, CHECKPOINT, backend="openvino").describe()
 

@@ -71,6 +71,7 @@ def select_backend(model: "FirstOrderModel", name: str = "auto", precision: str 
                 reasons.append(f"{variant}: {error}")
                 log(f"backend {variant} cannot run here ({error}); trying the next")
                 continue
+            chosen.chosen_by_auto = True
             logger = logging.getLogger(__name__)
             if precision:  # the precision was the user's choice, only the backend auto's
                 logger.info("auto chose backend %s %s: the first backend in auto's order (fastest first) that runs "

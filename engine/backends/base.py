@@ -46,6 +46,7 @@ class Backend(ABC):
         # The device that runs the graphs when it is not the model's (an Intel GPU fed from the host), named for the
         # start-up line; None: the model's device.
         self.accelerator: str | None = None
+        self.chosen_by_auto = False  # set by select_backend: auto's own reason is logged instead of hints
         self.dtype = DTYPES.get(precision)  # None for int8
         self._source: SourceState | None = None
         self._prepared: object = None

@@ -128,8 +128,10 @@ class OpenVinoBackend(Backend):
         return f"{why}; {self.int8_offer()}{self.intel_gpu_offer()}"
 
     def faster_precision_hint(self) -> str:
-        """Where float32 was asked for or defaulted to and the CPU runs bfloat16 natively: the faster precisions."""
-        if self.precision != "float32" or not self.model.renders or self.precision_reason("bfloat16") is not None:
+        """Where float32 was asked for or defaulted to (not chosen by auto, which says why, e.g. after a failed bfloat16
+        build) and the CPU runs bfloat16 natively: the faster precisions."""
+        if (self.chosen_by_auto or self.precision != "float32" or not self.model.renders
+                or self.precision_reason("bfloat16") is not None):
             return ""
         return (f"; faster on this CPU: --precision bfloat16 ({fps_range('openvino', 'bfloat16')} frames per second "
                 f"there) or --precision int8 ({fps_range('openvino', 'int8')}; quantized, quality-gated on faces)")
