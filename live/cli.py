@@ -1,4 +1,4 @@
-"""Command line of ``run_live.py``."""
+"""Command line of ``run_live.py`` and of the ``fomm-live`` command the package installs."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_live.py",
         description="Animate an avatar with your webcam and stream it to a virtual camera.",
     )
     parser.add_argument("--config", default=DEFAULT_MODEL,
@@ -106,9 +105,7 @@ def _cuda_available() -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--benchmark" in argv:
-        from benchmarks.fps import run as benchmark  # the repository's benchmarks/, beside run_live.py
-
-        return benchmark([a for a in argv if a != "--benchmark"])
+        return _benchmark([a for a in argv if a != "--benchmark"])
     args = build_parser().parse_args(argv)
     log_file, why_no_log_file = setup_logging(verbose=args.verbose)
     if why_no_log_file:
@@ -125,6 +122,21 @@ def main(argv: list[str] | None = None) -> int:
         where = f"; the traceback is in {log_file}" if log_file else ""
         print(f"error: unexpected {type(error).__name__}: {error}{where}", file=sys.stderr)
         return 1
+
+
+def _benchmark(argv: list[str]) -> int:
+    """benchmarks/fps.py, which lies in the repository beside live/ (not in the package): found from any directory
+    where the package is installed from a checkout (``pip install -e``), else refused with where to get it."""
+    repository = Path(__file__).resolve().parent.parent
+    if not (repository / "benchmarks" / "fps.py").is_file():
+        print(f"error: --benchmark runs the repository's benchmarks/fps.py, which is not beside this installation "
+              f"({repository}); run it from a checkout of the repository (pip install -e .)", file=sys.stderr)
+        return 1
+    if str(repository) not in sys.path:
+        sys.path.insert(0, str(repository))
+    from benchmarks.fps import run
+
+    return run(argv)
 
 
 def _run(args: argparse.Namespace, log_file: Path | None) -> int:

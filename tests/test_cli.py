@@ -191,3 +191,15 @@ def test_the_weights_looked_for_are_those_of_the_config_named(tmp_path, mode):
     custom.write_text(config_path("vox-256").read_text())
     result = run_tool(*mode, "--config", str(custom), *live_args, home=tmp_path / "home", cwd=tmp_path)
     assert result.returncode == 1 and f"--config {custom} is not a released model" in result.stderr, result.stderr
+
+
+def test_the_installed_command_runs_from_any_directory_benchmark_included(tmp_path):
+    command = Path(sys.executable).parent / ("fomm-live.exe" if os.name == "nt" else "fomm-live")
+    if not command.exists():
+        pytest.skip(f"the package is not installed in this environment ({command} is missing): pip install -e .")
+    helped = subprocess.run([str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: fomm-live"), helped.stderr
+    report = REPO / "benchmarks" / "results" / "cpu-intel-xeon-amx-2core.json"
+    compared = subprocess.run([str(command), "--benchmark", "--compare", str(report), str(report)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0 and "| openvino int8 |" in compared.stdout, compared.stderr
