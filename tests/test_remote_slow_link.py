@@ -150,9 +150,10 @@ def test_a_stalled_link_drops_stale_frames_and_never_holds_up_another_session(se
                 assert message.type == aiohttp.WSMsgType.BINARY, message
                 sizes.append(len(message.data))
             # Stall long enough for the server to render many more frames than its connection may hold (64 KiB
-            # asserted below), however busy this machine is.
+            # asserted below), however busy this machine is: 20 frames more at the rate measured, since a busier
+            # moment renders fewer (with two test suites on two cores, 10 more once gave 9 dropped, 9 waiting).
             rate = len(sizes) / (time.monotonic() - started)
-            stall_s = min(max(4.0, (64 * 1024 / np.mean(sizes) + 10) / rate), 40.0)
+            stall_s = min(max(4.0, (64 * 1024 / np.mean(sizes) + 20) / rate), 60.0)
             received = len(sizes)
             link.open.clear()  # the link stalls; the client keeps sending keypoints
             stalled_at = time.monotonic()
