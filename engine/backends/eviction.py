@@ -25,6 +25,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import EngineError
 
@@ -90,23 +91,30 @@ def touch(path: Path) -> None:
         pass
 
 
-def entries(folder: Path) -> list[Entry]:
-    """The cache entries in ``folder``, least recently used first (files that vanish meanwhile are skipped)."""
-    found: dict[str, Entry] = {}
+def _regular_files(folder: Path, name: re.Pattern) -> Iterator[tuple[Path, re.Match, os.stat_result]]:
+    """The regular files of ``folder`` whose whole name matches ``name``, with the match and their status; none
+    where the folder cannot be listed (missing, under a regular file, no permission), and not those that vanish
+    meanwhile."""
     try:
         paths = list(folder.iterdir())
-    except OSError:  # no cache folder, or none that can be listed (under a regular file, no permission): nothing to do
-        return []
+    except OSError:
+        return
     for path in paths:
-        match = ENTRY_NAME.fullmatch(path.name)
+        match = name.fullmatch(path.name)
         if match is None:
             continue
         try:
             status = path.stat()
-        except FileNotFoundError:
+        except OSError:
             continue
-        if not stat.S_ISREG(status.st_mode):
-            continue
+        if stat.S_ISREG(status.st_mode):
+            yield path, match, status
+
+
+def entries(folder: Path) -> list[Entry]:
+    """The cache entries in ``folder``, least recently used first (files that vanish meanwhile are skipped)."""
+    found: dict[str, Entry] = {}
+    for path, match, status in _regular_files(folder, ENTRY_NAME):
         entry = found.setdefault(match["entry"], Entry(match["entry"], [], 0, 0.0))
         entry.files.append(path)
         entry.size += status.st_size
@@ -151,19 +159,12 @@ def remove_stale_temporaries(folder: Path, now: float) -> list[Path]:
 
     One that vanishes meanwhile (its build finished) or cannot be removed is skipped.
     """
-    try:
-        paths = list(folder.iterdir())
-    except OSError:
-        return []
     removed = []
-    for path in paths:
-        if TEMPORARY_NAME.fullmatch(path.name) is None:
-            continue
-        try:
-            status = path.stat()
-            if stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMPORARY_S:
+    for path, _, status in _regular_files(folder, TEMPORARY_NAME):
+        if now - status.st_mtime > STALE_TEMPORARY_S:
+            try:
                 path.unlink()
-                removed.append(path)
-        except OSError:
-            continue
+            except OSError:
+                continue
+            removed.append(path)
     return removed
