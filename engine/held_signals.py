@@ -37,6 +37,14 @@ def _blocked(numbers: tuple[int, ...]) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def swap_handlers(handlers: dict[int, object]) -> dict[int, object]:
+    """Install ``handlers`` (signal number -> handler) with those signals blocked meanwhile (one arriving midway
+    would find half of them swapped; it is delivered, to its new handler, once all are in); returns the handlers
+    they replace, in the same form, to swap back with."""
+    with _blocked(tuple(handlers)):
+        return {number: signal.signal(number, handler) for number, handler in handlers.items()}
+
+
 @contextlib.contextmanager
 def held_stop_signals() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP inside the block and raise each one held again, in order, at its end.
@@ -48,15 +56,12 @@ def held_stop_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    numbers = tuple(number for number in STOP_SIGNALS if signal.getsignal(number) not in (None, signal.SIG_IGN))
     held: list[int] = []
     previous: dict[int, object] = {}
 
     def restore() -> None:
-        with _blocked(numbers):
-            while previous:
-                number, handler = previous.popitem()
-                signal.signal(number, handler)
+        swap_handlers(previous)
+        previous.clear()  # once only: by a second signal, or at the end
 
     def hold(number: int, _frame) -> None:
         if held:  # asked twice: stop now
@@ -67,9 +72,8 @@ def held_stop_signals() -> Iterator[None]:
         log.warning("%s received: stopping once the model export under way ends (seconds); send it again to stop now",
                     signal.Signals(number).name)
 
-    with _blocked(numbers):
-        for number in numbers:
-            previous[number] = signal.signal(number, hold)
+    previous.update(swap_handlers({number: hold for number in STOP_SIGNALS
+                                   if signal.getsignal(number) not in (None, signal.SIG_IGN)}))
     try:
         yield
     finally:

@@ -15,7 +15,7 @@ import signal
 import threading
 from typing import Callable, Iterator
 
-from engine.held_signals import STOP_SIGNALS
+from engine.held_signals import STOP_SIGNALS, swap_handlers
 
 
 class StopRequested(BaseException):
@@ -40,9 +40,8 @@ def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.signal(number, lambda number, _frame: handler(number)) for number in STOP_SIGNALS}
+    previous = swap_handlers({number: lambda number, _frame: handler(number) for number in STOP_SIGNALS})
     try:
         yield
     finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
+        swap_handlers(previous)
