@@ -6,14 +6,19 @@ so that callers (the live loop) can catch the engine's failures in one place.
 """
 
 
-def one_line(error: BaseException, limit: int = 400) -> str:
-    """``"<type>: <message>"`` on one line (a library's multi-line report squeezed), at most ``limit`` characters:
+def squeezed(text: str, limit: int = 400) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, made one space), at most ``limit`` characters:
     its head and its tail, where OpenVINO and TensorRT put the cause after stacked "Exception from ..." lines."""
-    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    text = " ".join(text.split())
     if len(text) <= limit:
         return text
     half = (limit - 5) // 2
     return f"{text[:half]} ... {text[-half:]}"
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """``"<type>: <message>"`` of a (library's, many-line) report, :func:`squeezed`."""
+    return squeezed(f"{type(error).__name__}: {error}", limit)
 
 
 class EngineError(Exception):

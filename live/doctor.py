@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from engine import EngineError
+from engine.errors import squeezed
 from engine.backends import BACKENDS, backend_class
 from engine.backends.artifacts import digest_path
 from engine.backends.eviction import LIMIT_ENV, cache_limit_bytes, size_text
@@ -132,7 +133,7 @@ def check_face_models() -> Iterator[Finding]:
         except Exception as error:
             old = tuple(int(part) for part in mediapipe.split(".")[:2] if part.isdigit()) < (1, 2)
             fix = 'pip install "mediapipe>=1.2"' if old else 'reinstall fomm-live: pip install -e ".[dev]"'
-            reason = " ".join(str(error).split())[:300] or repr(error)
+            reason = squeezed(str(error), 300) or repr(error)
             yield Finding("FAIL", f"face model {name}", f"does not load in mediapipe {mediapipe}: {reason}", fix)
         else:
             yield Finding("OK", f"face model {name}", f"loads and runs in mediapipe {mediapipe}")

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from ..export import FlatKeypoints, FlatRender, example_frame, example_inputs, flatten_source
-from ..errors import one_line
+from ..errors import one_line, squeezed
 from ..generator import SourceState
 from ..held_signals import held_stop_signals
 from ..motion import Keypoints
@@ -161,7 +161,7 @@ class TensorRTBackend(Backend):
         failure = path.with_suffix(".failed")
         if failure.exists():
             raise BackendUnavailable(f"the TensorRT {part} build failed before with these versions "
-                                     f"({' '.join(failure.read_text().split())[:400]}); delete {failure} to try again")
+                                     f"({squeezed(failure.read_text())}); delete {failure} to try again")
         try:
             return load_artifact(path, lambda temporary: self._build(graph, temporary),
                                  f"building the TensorRT {part} engine (minutes)", self._load)
